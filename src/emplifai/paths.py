@@ -1,0 +1,51 @@
+"""Path helpers: every user path resolves against the directory the user started from."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """The directory the command was started from (Hydra 1.3 does not chdir, but a sweep launcher may)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.cwd)
+    except Exception:  # noqa: BLE001 - outside a Hydra app there is no runtime.cwd
+        pass
+    return Path.cwd()
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (project_root() / p).resolve()
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `target`; rename onto it only if the block finishes.
+
+    A crash or a validation error therefore never leaves a half-written output behind.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(target: str | os.PathLike, text: str) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
