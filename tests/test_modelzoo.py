@@ -6,6 +6,8 @@ so a fresh clone pays the conversion (~3 min on 2 CPUs) once.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import struct
@@ -103,7 +105,8 @@ def test_e5_converter_on_a_tiny_file(tmp_path):
     model = AutoModel.from_pretrained(out)
     assert model.dtype == torch.float32 and model.config.num_hidden_layers == 1
     w = model.embeddings.word_embeddings.weight.detach().numpy()
-    assert np.abs(w).max() <= 0.08 + 1e-6 and w.std() > 0           # (q - 8) * 0.01, q in 0..15
+    q = w / float(np.float16(0.01))                                  # w = (q - 8) * d, q in 0..15
+    assert np.allclose(q, np.round(q), atol=1e-4) and q.min() >= -8 and q.max() <= 7 and q.std() > 0
 
 
 # --------------------------------------------------------------------------- loader
@@ -149,8 +152,14 @@ def _generate(model, tok, prompt: str, n: int = 16) -> str:
     return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+@functools.cache
+def _lm(name: str):
+    cfg = group_cfg("model", name)
+    return load_causal_lm(cfg)
+
+
 def test_gemma_generates_japanese(zoo):
-    model, tok = load_causal_lm(zoo["gemma3-270m"])
+    model, tok = _lm("gemma3-270m")
     assert model.dtype == torch.float32 and not model.training and tok.pad_token is not None
     text = _generate(model, tok, "患者:最近よく眠れません。\n看護師:")
     assert text.strip()
@@ -158,10 +167,25 @@ def test_gemma_generates_japanese(zoo):
 
 
 def test_smollm2_chats_in_english(zoo):
-    model, tok = load_causal_lm(zoo["smollm2-135m"])
+    model, tok = _lm("smollm2-135m")
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                      tokenize=False, add_generation_prompt=True)
     assert "Paris" in _generate(model, tok, prompt)
+
+
+@pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
+def test_lora_on_configured_targets_trains(zoo, name):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = _lm(name)
+    targets = list(group_cfg("model", name).lora_target_modules)
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+    peft_model.train()
+    enc = tok(["こんにちは、今日はどうされましたか。"], return_tensors="pt")
+    loss = peft_model(**enc, labels=enc["input_ids"]).loss
+    loss.backward()
+    grads = [p.grad for n, p in peft_model.named_parameters() if "lora_" in n and p.requires_grad]
+    assert torch.isfinite(loss) and grads and all(g is not None for g in grads)
 
 
 SENTENCES = ["悲しみ", "患者さんの不安に寄り添う言葉をかけてください。", "Hello world, how are you?",

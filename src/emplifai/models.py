@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from emplifai.errors import UserError, reported
@@ -61,9 +61,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
 @reported
 def main(cfg: DictConfig) -> dict[str, float]:
-    if "materialize" not in cfg:        # config.yaml without the group: use its default file
-        with open_dict(cfg):
-            cfg.materialize = OmegaConf.load(CONF_DIR / "materialize" / "default.yaml")
     from emplifai import tracking
 
     with tracking.stage_run(cfg, "models") as stage:

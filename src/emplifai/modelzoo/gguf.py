@@ -14,6 +14,7 @@ Callers choose the *compute* dtype at load time (see `modelzoo.load`).
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -28,6 +29,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _drop_load_kwargs(tok_config: Path) -> None:
+    """`save_pretrained` records how the tokenizer was loaded (local_files_only...); that is not config."""
+    cfg = json.loads(tok_config.read_text(encoding="utf-8"))
+    for key in ("is_local", "local_files_only", "gguf_file"):
+        cfg.pop(key, None)
+    tok_config.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path, storage_dtype: str = "bfloat16",
@@ -66,7 +75,9 @@ def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path, storage_dtype: str = 
         tok.pad_token = tok.eos_token
     out_dir.mkdir(parents=True)
     clean.save_pretrained(out_dir)
+    tok.model_max_length = config.get_text_config().max_position_embeddings
     tok.save_pretrained(out_dir)
+    _drop_load_kwargs(out_dir / "tokenizer_config.json")
     del src, clean
     return {"dequant_s": dequant_s, "save_s": time.perf_counter() - t0}
 
