@@ -188,3 +188,22 @@ def stage_run(cfg: DictConfig, stage: str, extra_tags: Mapping[str, str] | None 
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id, status="FINISHED")
+
+
+def find_runs(cfg: DictConfig, stage: str, data_version_: str | None = None, limit: int = 200) -> list[dict]:
+    """Finished runs of a stage (newest first) as plain dicts, for reports that cite their run ids."""
+    if not cfg.mlflow.get("enabled", True):
+        return []
+    client, exp_id = _client(cfg)
+    query = f"tags.stage = '{stage}' and attributes.status = 'FINISHED'"
+    if data_version_:
+        query += f" and tags.data_version = '{data_version_}'"
+    runs = client.search_runs([exp_id], query, max_results=limit, order_by=["attributes.start_time DESC"])
+    return [{"run_id": r.info.run_id, "run_name": r.info.run_name, "tags": dict(r.data.tags),
+             "metrics": dict(r.data.metrics), "params": dict(r.data.params)}
+            for r in runs if r.data.tags.get("sweep_parent") != "true"]
+
+
+def metric_history(cfg: DictConfig, run_id: str, key: str) -> list[tuple[int, float]]:
+    client, _ = _client(cfg)
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]

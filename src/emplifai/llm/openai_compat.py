@@ -1,0 +1,345 @@
+"""Client for any OpenAI-compatible `/chat/completions` endpoint (vLLM, llama.cpp server, Ollama, OpenAI, ...).
+
+Why a synchronous facade over asyncio: pipeline stages are plain functions, but judging thousands of
+responses needs bounded concurrency. Failures never escape `chat_many`: each request ends as a ChatResult,
+with `error` set when it finally failed, so one bad reply never aborts a batch. The API key is read from the
+environment at call time and lives only in the request headers of that call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import json
+import math
+import os
+import random
+import sqlite3
+import time
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from emplifai.errors import UserError
+from emplifai.llm.cache import ResponseCache, cache_key
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion request; every field that changes the answer is part of the cache key."""
+
+    messages: list[dict]  # [{"role": "system"|"user"|"assistant", "content": str}]
+    temperature: float = 0.0
+    max_tokens: int = 256
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None  # e.g. 5, for G-Eval probability-weighted scores
+    response_format: dict | None = None  # e.g. {"type": "json_object"} where the server supports it
+    n: int = 1
+    stop: list[str] | None = None
+
+
+@dataclass
+class ChatResult:
+    """Outcome of one request: texts on success, `error` (never an exception) on final failure."""
+
+    texts: list[str]  # one per choice; [] on error
+    top_logprobs: list[list[dict[str, float]]] | None  # per choice, per generated token: {token: logprob}
+    error: str | None  # None on success, e.g. "HTTP 400: ..." or "timeout (60s) (gave up after 3 attempts)"
+    cached: bool = False
+    attempts: int = 0
+
+    @property
+    def text(self) -> str | None:
+        """First choice's text, or None on error."""
+        return self.texts[0] if self.texts else None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _Malformed(Exception):
+    """The server answered 2xx but the body is not a usable chat completion."""
+
+
+def parse_completion(data: Any) -> tuple[list[str], list[list[dict[str, float]]] | None]:
+    """Texts of `choices[i].message.content` and, if present, per-token top-logprob dicts."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise _Malformed("no 'choices' in the reply")
+    if not all(isinstance(c, dict) for c in choices):
+        raise _Malformed("a choice is not an object")
+    choices = sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c.get("index"), int) else 0)
+    texts: list[str] = []
+    logprobs: list[list[dict[str, float]]] = []
+    any_logprobs = False
+    for choice in choices:
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise _Malformed("a choice has no 'message'")
+        content = message.get("content")
+        texts.append(content if isinstance(content, str) else "")  # None (e.g. a refusal) -> "" for the caller
+        lp = choice.get("logprobs")
+        tokens = lp.get("content") if isinstance(lp, dict) else None
+        per_token: list[dict[str, float]] = []
+        if isinstance(tokens, list):
+            any_logprobs = True
+            for tok in tokens:
+                alts: dict[str, float] = {}
+                for alt in (tok.get("top_logprobs") or []) if isinstance(tok, dict) else []:
+                    if isinstance(alt, dict) and "token" in alt and isinstance(alt.get("logprob"), int | float):
+                        name, value = str(alt["token"]), float(alt["logprob"])
+                        alts[name] = max(value, alts.get(name, -math.inf))
+                if not alts and isinstance(tok, dict) and isinstance(tok.get("logprob"), int | float):
+                    alts[str(tok.get("token", ""))] = float(tok["logprob"])
+                per_token.append(alts)
+        logprobs.append(per_token)
+    return texts, (logprobs if any_logprobs else None)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if absent/unparseable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class OpenAICompatClient:
+    """Bounded-concurrency, retrying, caching client. `stats`: requests_sent, cache_hits, retries, failures."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = None,
+        *,
+        timeout_s: float = 60,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        max_retry_after_s: float = 300.0,
+        concurrency: int = 8,
+        cache_path: str | Path | None = None,
+        cache_namespace: str = "",
+        extra_body: dict | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        if concurrency < 1:
+            raise UserError(f"LLM client: concurrency must be >= 1, got {concurrency}")
+        if max_retries < 0:
+            raise UserError(f"LLM client: max_retries must be >= 0, got {max_retries}")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env or None  # the NAME of the env var; the key itself is never stored
+        self.timeout_s = float(timeout_s)
+        self.max_retries = int(max_retries)
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.max_retry_after_s = float(max_retry_after_s)
+        self.concurrency = int(concurrency)
+        self.cache_namespace = cache_namespace
+        self.extra_body = dict(extra_body or {})
+        self.show_progress = show_progress
+        self.cache = ResponseCache(cache_path) if cache_path is not None else None
+        self._tls: Any = None  # TLS context built once per client (loading CA certs costs ~50 ms per batch)
+        self.stats: dict[str, int] = {"requests_sent": 0, "cache_hits": 0, "retries": 0, "failures": 0}
+
+    @classmethod
+    def from_config(
+        cls, cfg: DictConfig | dict, cache_path: str | Path | None = None, namespace: str = ""
+    ) -> OpenAICompatClient:
+        """Build from a config node with keys base_url, model, api_key_env, timeout_s, max_retries,
+        backoff_s, max_backoff_s, concurrency, extra_body (all but base_url/model optional)."""
+        c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        missing = [k for k in ("base_url", "model") if not c.get(k)]
+        if missing:
+            raise UserError(f"LLM client config is missing {', '.join(missing)}")
+        opts = {k: c[k] for k in ("timeout_s", "max_retries", "backoff_s", "max_backoff_s", "max_retry_after_s",
+                                  "concurrency", "extra_body", "show_progress") if c.get(k) is not None}
+        return cls(c["base_url"], c["model"], c.get("api_key_env"), cache_path=cache_path,
+                   cache_namespace=namespace, **opts)
+
+    def __repr__(self) -> str:
+        return (f"OpenAICompatClient(base_url={self.base_url!r}, model={self.model!r}, "
+                f"api_key_env={self.api_key_env!r}, concurrency={self.concurrency}, cache={self.cache!r})")
+
+    def payload(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body sent (and hashed for the cache key); `extra_body` first, explicit fields win."""
+        body: dict[str, Any] = dict(self.extra_body)
+        body.update(model=self.model, messages=[dict(m) for m in request.messages],
+                    temperature=request.temperature, max_tokens=request.max_tokens)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.logprobs:
+            body["logprobs"] = True
+            if request.top_logprobs is not None:
+                body["top_logprobs"] = request.top_logprobs
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
+        if request.n != 1:
+            body["n"] = request.n
+        if request.stop:
+            body["stop"] = list(request.stop)
+        return body
+
+    def cache_key(self, request: ChatRequest) -> str:
+        return cache_key(self.cache_namespace, self.model, self.payload(request))
+
+    def _api_key(self) -> str | None:
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise UserError(f"environment variable {self.api_key_env} is not set: it must hold the API key for "
+                            f"{self.base_url} (config key api_key_env names the variable, never the key)")
+        return key
+
+    def chat(self, request: ChatRequest) -> ChatResult:
+        return self.chat_many([request], desc="LLM call")[0]
+
+    def chat_many(self, requests: Sequence[ChatRequest], desc: str = "LLM calls") -> list[ChatResult]:
+        """One result per request, in order; failures are ChatResults with `error`, never exceptions.
+
+        With a cache, cached answers are reused and identical requests are sent once. The API key env var
+        is read only when something must be sent (a fully cached rerun works offline, without a key).
+        Raises only UserError (that env var missing). `stats["requests_sent"]` counts HTTP attempts."""
+        results: list[ChatResult | None] = [None] * len(requests)
+        pending: dict[str, list[int]] = {}  # key -> indexes waiting for it
+        payloads: dict[str, dict[str, Any]] = {}
+        for i, req in enumerate(requests):
+            body = self.payload(req)
+            key = cache_key(self.cache_namespace, self.model, body) if self.cache is not None else f"#{i}"
+            hit = self.cache.get(key) if self.cache is not None else None
+            if hit is not None:
+                self.stats["cache_hits"] += 1
+                results[i] = ChatResult(hit["texts"], hit.get("top_logprobs"), None, cached=True, attempts=0)
+            else:
+                pending.setdefault(key, []).append(i)
+                payloads[key] = body
+        if pending:
+            api_key = self._api_key()  # only needed when something must go over the network
+            bar = tqdm(total=len(requests), initial=len(requests) - sum(map(len, pending.values())),
+                       desc=desc, unit="call", disable=not self.show_progress)
+            try:
+                weights = {k: len(v) for k, v in pending.items()}
+                done = self._run_loop(lambda: self._send_all(payloads, weights, api_key, bar))
+            finally:
+                bar.close()
+            for key, idxs in pending.items():
+                for j, i in enumerate(idxs):  # duplicates get their own copy
+                    results[i] = done[key] if j == 0 else dataclasses.replace(done[key], texts=list(done[key].texts))
+        return [r for r in results if r is not None]
+
+    def _run_loop(self, make_coro: Any) -> Any:
+        """asyncio.run, or on a fresh thread if the caller already runs an event loop (e.g. Jupyter)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(make_coro())
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(lambda: asyncio.run(make_coro())).result()
+
+    async def _send_all(
+        self, payloads: dict[str, dict], weights: dict[str, int], api_key: str | None, bar: Any
+    ) -> dict[str, ChatResult]:
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        sem = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        if self._tls is None:  # httpx builds one even for plain http; reuse it across batches
+            self._tls = httpx.create_ssl_context()
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), limits=limits, verify=self._tls) as http:
+
+            async def one(key: str) -> tuple[str, ChatResult]:
+                async with sem:
+                    try:
+                        res = await self._send_one(http, payloads[key], headers)
+                    except Exception as err:  # a bug or odd transport state must not sink the whole batch
+                        res = ChatResult([], None, f"unexpected {type(err).__name__}: {err}", attempts=1)
+                if res.error is None and self.cache is not None:
+                    try:  # committed now, so a crash later does not lose this answer
+                        self.cache.put(key, {"texts": res.texts, "top_logprobs": res.top_logprobs},
+                                       namespace=self.cache_namespace, model=self.model)
+                    except sqlite3.Error as err:  # keep the answer; the next run just asks again
+                        warnings.warn(f"LLM cache write to {self.cache.path} failed: {err}", stacklevel=2)
+                if res.error is not None:
+                    res.error = _redact(res.error, api_key)
+                    self.stats["failures"] += 1
+                bar.update(weights[key])
+                return key, res
+
+            pairs = await asyncio.gather(*(one(k) for k in payloads))
+        return dict(pairs)
+
+    async def _send_one(self, http: httpx.AsyncClient, body: dict, headers: dict[str, str]) -> ChatResult:
+        url = f"{self.base_url}/chat/completions"
+        last_error = "no attempt made"
+        attempt = 0
+        for attempt in range(1, self.max_retries + 2):
+            retry_after: float | None = None
+            self.stats["requests_sent"] += 1
+            try:
+                resp = await asyncio.wait_for(http.post(url, json=body, headers=headers), self.timeout_s)
+            except (TimeoutError, httpx.TimeoutException):
+                last_error = f"timeout ({self.timeout_s:g}s)"
+            except httpx.TransportError as err:
+                last_error = f"connection error: {type(err).__name__}"
+            else:
+                status = resp.status_code
+                if 200 <= status < 300:
+                    try:
+                        texts, lps = parse_completion(resp.json())
+                        return ChatResult(texts, lps, None, cached=False, attempts=attempt)
+                    except (_Malformed, ValueError) as err:  # json.JSONDecodeError is a ValueError
+                        last_error = f"malformed reply: {err}"[:300]
+                elif status == 429 or status >= 500:
+                    last_error = f"HTTP {status}: {_snippet(resp)}"
+                    if status in (429, 503):
+                        retry_after = parse_retry_after(resp.headers.get("retry-after"))
+                else:  # other 4xx: our request is wrong, retrying cannot help
+                    return ChatResult([], None, f"HTTP {status}: {_snippet(resp)}", attempts=attempt)
+            if attempt > self.max_retries:
+                break
+            self.stats["retries"] += 1
+            if retry_after is not None:
+                delay = min(retry_after, self.max_retry_after_s)
+            else:  # exponential backoff with full jitter
+                delay = random.uniform(0.0, min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
+            await asyncio.sleep(delay)
+        return ChatResult([], None, f"{last_error} (gave up after {attempt} attempts)", attempts=attempt)
+
+
+def _snippet(resp: httpx.Response, limit: int = 300) -> str:
+    """Short single-line excerpt of an error body (the server's own message) for the error string."""
+    try:
+        data = resp.json()
+        err = data.get("error") if isinstance(data, dict) else None
+        text = (err.get("message") if isinstance(err, dict) else err) or json.dumps(data, ensure_ascii=False)
+    except ValueError:
+        text = resp.text
+    return " ".join(str(text).split())[:limit]
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text

@@ -1,0 +1,212 @@
+"""Stage `report`: every result of the pipeline in one readable page, with the MLflow run ids behind it.
+
+    python -m emplifai.report          # reports/summary.md and reports/summary.html (plots inline)
+
+It only reads what the other stages wrote under reports/ (its DVC deps), plus MLflow for run ids, so
+it is regenerated exactly when one of those inputs changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig
+
+from emplifai import tracking
+from emplifai.errors import reported
+from emplifai.paths import resolve, write_text
+
+Block = tuple[str, Any]  # ("h2"|"h3"|"p", str) | ("table", DataFrame) | ("img", Path)
+STAGES = ("prepare", "models", "emotion", "train", "generate", "judge", "agreement")
+
+
+def fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "missing"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        out.update(flat(value, f"{name}/") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def metric_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """metric | value | 95% CI, folding `<m>_ci_low`/`<m>_ci_high` siblings into their metric's row."""
+    rows = []
+    for key, value in metrics.items():
+        if key.endswith(("_ci_low", "_ci_high")) or isinstance(value, list | str) and key.endswith("missing"):
+            continue
+        lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+        ci = f"[{fmt(lo)}, {fmt(hi)}]" if lo is not None or hi is not None else ""
+        rows.append({"metric": key, "value": fmt(value), "95% CI": ci})
+    return pd.DataFrame(rows)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def dataset_section(reports: Path) -> list[Block]:
+    stats = read_json(reports / "data" / "stats.json")
+    if not stats:
+        return [("p", "No dataset statistics (run `prepare`).")]
+    splits = pd.DataFrame({k: stats[k] for k in ("dialogues", "situations", "emotions_present")}).T
+    blocks: list[Block] = [("table", splits.reset_index(names="count")),
+                           ("p", f"Rejected rows: {stats.get('rejected_rows', 0)}; rated responses: "
+                                 f"{stats.get('rated_responses', 0)}; ratings: {stats.get('human_ratings', {})}")]
+    return blocks + [("img", reports / "data" / "emotion_distribution.png")]
+
+
+def emotion_section(reports: Path) -> list[Block]:
+    summary = read_json(reports / "emotion" / "metrics.json")
+    if not summary:
+        return [("p", "No emotion-prediction results.")]
+    keys = ["n", "invalid_rate", "accuracy", "macro_f1", "bertscore_f1", "fasttext_cos"]
+    rows = []
+    for predictor, m in summary.items():
+        row = {"predictor": predictor}
+        for k in keys:
+            lo, hi = m.get(f"{k}_ci_low"), m.get(f"{k}_ci_high")
+            row[k] = fmt(m.get(k)) + (f" [{fmt(lo)}, {fmt(hi)}]" if lo is not None else "")
+        rows.append(row)
+    blocks: list[Block] = [("table", pd.DataFrame(rows))]
+    for predictor in summary:
+        per = reports / "emotion" / predictor / "per_emotion.csv"
+        if per.exists():
+            frame = pd.read_csv(per)
+            sort = next((c for c in ("bertscore_f1", "bertscore_f1_mean") if c in frame), None)
+            head = frame.sort_values(sort).head(8) if sort else frame.head(8)
+            blocks += [("h3", f"{predictor}: hardest emotions"), ("table", head)]
+        blocks.append(("img", reports / "emotion" / predictor / "confusion.png"))
+    return blocks
+
+
+def folder_sections(base: Path, title: str, tables: tuple[str, ...], images: tuple[str, ...]) -> list[Block]:
+    """One sub-section per folder under reports/<stage>/ (one per adapter, judge, ...)."""
+    folders = sorted({p.parent for pattern in ("*/metrics.json", "metrics.json") for p in base.glob(pattern)})
+    if not folders:
+        return [("p", f"No {title} results.")]
+    blocks: list[Block] = []
+    for folder in folders:
+        if folder != base:
+            blocks.append(("h3", f"{title}: {folder.name}"))
+        metrics = flat(read_json(folder / "metrics.json"))
+        if metrics:
+            blocks.append(("table", metric_table(metrics)))
+        for name in tables:
+            if (folder / name).exists():
+                blocks += [("p", name), ("table", pd.read_csv(folder / name).head(12))]
+        blocks += [("img", folder / name) for name in images if (folder / name).exists()]
+    return blocks
+
+
+def sweep_section(cfg: DictConfig, version: str) -> list[Block]:
+    """Validation loss per epoch for every train run of this data version (a sweep lines up here)."""
+    rows = []
+    for run in tracking.find_runs(cfg, "train", version):
+        key = next((k for k in run["metrics"] if "val" in k and "loss" in k and "best" not in k), None)
+        if key:
+            history = tracking.metric_history(cfg, run["run_id"], key)
+            rows.append({"run": run["run_name"], "run_id": run["run_id"],
+                         **{f"step {s}": round(v, 4) for s, v in history}})
+    return [("table", pd.DataFrame(rows))] if rows else [("p", "No training runs for this data version.")]
+
+
+def runs_section(cfg: DictConfig, version: str) -> list[Block]:
+    rows = [{"stage": s, "run": r["run_name"], "run_id": r["run_id"]}
+            for s in STAGES for r in tracking.find_runs(cfg, s, version, limit=20)[:6]]
+    return [("table", pd.DataFrame(rows))] if rows else [("p", "MLflow has no runs for this data version.")]
+
+
+def to_markdown(blocks: list[Block], root: Path) -> str:
+    out = []
+    for kind, value in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"{'#' * int(kind[1])} {value}\n")
+        elif kind == "p":
+            out.append(f"{value}\n")
+        elif kind == "table":
+            out.append(value.to_markdown(index=False) + "\n" if len(value) else "(empty)\n")
+        elif kind == "img" and Path(value).exists():
+            out.append(f"![{Path(value).stem}]({Path(value).relative_to(root).as_posix()})\n")
+    return "\n".join(out)
+
+
+def to_html(blocks: list[Block]) -> str:
+    body = []
+    for kind, value in blocks:
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{html.escape(str(value))}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{html.escape(str(value))}</p>")
+        elif kind == "table":
+            body.append(value.to_html(index=False, border=0, classes="t") if len(value) else "<p>(empty)</p>")
+        elif kind == "img" and Path(value).exists():
+            data = base64.b64encode(Path(value).read_bytes()).decode()
+            body.append(f'<img alt="{Path(value).stem}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+             "table.t{border-collapse:collapse;margin:.5em 0}.t td,.t th{border:1px solid #ccc;padding:2px 6px;"
+             "font-size:13px}img{max-width:100%}")
+    return (f"<!doctype html><html lang='en'><meta charset='utf-8'><title>emplifai summary</title>"
+            f"<style>{style}</style><body>{''.join(body)}</body></html>")
+
+
+def run(cfg: DictConfig) -> dict:
+    reports = resolve(cfg.paths.reports)
+    version = tracking.data_version(cfg.data.raw_dir)
+    blocks: list[Block] = [
+        ("h1", "emplifai summary"),
+        ("p", f"Data version {version}. Every number below comes from the files under reports/ and the "
+              "MLflow runs listed at the end."),
+        ("h2", "Dataset"), *dataset_section(reports),
+        ("h2", "Emotion prediction (reverse engineering)"), *emotion_section(reports),
+        ("h2", "SFT: validation loss per step"), *sweep_section(cfg, version),
+        *folder_sections(reports / "train", "adapter", (), ("loss.png",)),
+        ("h2", "Generated responses"), *folder_sections(reports / "generate", "generate", (), ()),
+        ("h2", "LLM-as-a-judge"),
+        *folder_sections(reports / "judge", "judge", ("summary.csv", "length_bias.csv"), ("scores_heatmap.png",)),
+        ("h2", "Judge–human agreement"), *agreement_section(reports),
+        ("h2", "MLflow runs behind these numbers"), *runs_section(cfg, version),
+    ]
+    write_text(reports / "summary.md", to_markdown(blocks, reports))
+    write_text(reports / "summary.html", to_html(blocks))
+    with tracking.stage_run(cfg, "report") as run_:
+        run_.log_artifact(reports / "summary.md", "report")
+        run_.log_artifact(reports / "summary.html", "report")
+    print(f"report: {reports / 'summary.md'} and {reports / 'summary.html'}")
+    return {"report/sections": float(sum(1 for k, _ in blocks if k == "h2"))}
+
+
+def agreement_section(reports: Path) -> list[Block]:
+    path = reports / "judge" / "agreement.json"
+    if not path.exists():
+        return [("p", "No agreement results (no human ratings, or `agreement` has not run).")]
+    blocks: list[Block] = [("table", metric_table(flat(read_json(path))))]
+    for name in ("disagreements.csv",):
+        if (path.parent / name).exists():
+            blocks += [("h3", "Where the judge disagrees most with humans"),
+                       ("table", pd.read_csv(path.parent / name).head(10))]
+    return blocks + [("img", p) for p in sorted(path.parent.glob("agreement*.png"))]
+
+
+@hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
+@reported
+def main(cfg: DictConfig) -> dict:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""A real local OpenAI-compatible HTTP server for tests and benchmarks (stdlib only, 127.0.0.1, random port).
+
+It speaks `POST /v1/chat/completions` and can be scripted per request to inject the faults a real endpoint
+produces: 429 with Retry-After, 500, a hang past the client's timeout, malformed JSON, a missing `choices`,
+a fixed delay, or blocking after k answers (to simulate a crash mid-run). It records what it received.
+
+    with LLMTestServer(delay_s=0.1) as srv:
+        client = OpenAICompatClient(srv.base_url, "test-model")
+        ...
+        srv.request_count, srv.max_in_flight, srv.headers, srv.bodies
+
+Default reply: "echo: <last user message>" (choice i > 0 gets " #i"); pass `reply_fn(body) -> str` to script
+content (e.g. a judge's JSON). With `logprobs` requested, each whitespace token gets `top_logprobs` alternatives
+(`logprobs_fn(body, text)` overrides: return per-token lists of (token, logprob)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+Behaviour = str  # "ok" | "429" | "500" | "503" | "400" | "hang" | "malformed" | "no_choices" | "block"
+
+
+def echo_reply(body: dict) -> str:
+    users = [m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user"]
+    return f"echo: {users[-1] if users else ''}"
+
+
+class LLMTestServer:
+    """Scriptable fake-fault server around ThreadingHTTPServer; thread-safe counters."""
+
+    def __init__(
+        self,
+        *,
+        script: list[Behaviour] | None = None,
+        default: Behaviour = "ok",
+        delay_s: float = 0.0,
+        retry_after: str | float | None = 1,
+        retry_after_http_date: bool = False,
+        hang_s: float = 30.0,
+        block_after: int | None = None,
+        reply_fn: Callable[[dict], str] = echo_reply,
+        logprobs_fn: Callable[[dict, str], list[list[tuple[str, float]]]] | None = None,
+        echo_auth_in_errors: bool = False,
+    ) -> None:
+        self.script = list(script or [])
+        self.default = default
+        self.delay_s = delay_s
+        self.retry_after = retry_after
+        self.retry_after_http_date = retry_after_http_date
+        self.hang_s = hang_s
+        self.block_after = block_after
+        self.reply_fn = reply_fn
+        self.logprobs_fn = logprobs_fn
+        self.echo_auth_in_errors = echo_auth_in_errors  # a careless server quoting the key back at us
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.request_count = 0
+        self.ok_count = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.headers: list[dict[str, str]] = []
+        self.bodies: list[dict] = []
+        self.request_times: list[float] = []
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def start(self) -> LLMTestServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()  # releases hanging/blocked handlers
+        if self._thread.is_alive():  # shutdown() would wait forever for a loop that never started
+            self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> LLMTestServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _next_behaviour(self) -> Behaviour:
+        with self.lock:
+            if self.script:
+                return self.script.pop(0)
+            if self.block_after is not None and self.ok_count >= self.block_after:
+                return "block"
+            return self.default
+
+    def completion(self, body: dict) -> dict[str, Any]:
+        n = int(body.get("n", 1) or 1)
+        choices = []
+        for i in range(n):
+            text = self.reply_fn(body) + (f" #{i}" if i else "")
+            choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},
+                                      "finish_reason": "stop"}
+            if body.get("logprobs"):
+                k = int(body.get("top_logprobs") or 1)
+                if self.logprobs_fn is not None:
+                    per_tok = self.logprobs_fn(body, text)
+                else:  # the emitted token is most likely; then k-1 deterministic alternatives
+                    per_tok = [[(tok, -0.1)] + [(f"alt{j}", -1.0 - j) for j in range(1, k)] for tok in text.split()]
+                choice["logprobs"] = {"content": [
+                    {"token": alts[0][0], "logprob": alts[0][1],
+                     "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alts[:k]]}
+                    for alts in per_tok]}
+            choices.append(choice)
+        return {"id": f"cmpl-{self.request_count}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model", ""), "choices": choices,
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+def _make_handler(srv: LLMTestServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go in two writes: avoid the 40 ms delayed-ACK stall
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+            pass
+
+        def _send(self, status: int, payload: bytes, extra: dict[str, str] | None = None) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): fine
+                pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server API): counters, for a server in another process
+            if not self.path.rstrip("/").endswith("/_stats"):
+                self._send(404, b'{"error": {"message": "not found"}}')
+                return
+            with srv.lock:
+                stats = {"request_count": srv.request_count, "ok_count": srv.ok_count,
+                         "max_in_flight": srv.max_in_flight}
+            self._send(200, json.dumps(stats).encode())
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server API)
+            raw = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+            if not self.path.rstrip("/").endswith("/chat/completions"):
+                self._send(404, b'{"error": {"message": "not found"}}')
+                return
+            body = json.loads(raw or b"{}")
+            with srv.lock:
+                srv.request_count += 1
+                srv.in_flight += 1
+                srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+                srv.headers.append(dict(self.headers.items()))
+                srv.bodies.append(body)
+                srv.request_times.append(time.monotonic())
+            try:
+                self._respond(body, srv._next_behaviour(), self.headers.get("Authorization", ""))
+            finally:
+                with srv.lock:
+                    srv.in_flight -= 1
+
+        def _respond(self, body: dict, behaviour: Behaviour, auth: str) -> None:
+            if srv.delay_s:
+                time.sleep(srv.delay_s)
+            if behaviour in ("hang", "block"):
+                srv.stop_event.wait(srv.hang_s if behaviour == "hang" else None)
+                return  # never answers; the connection closes when the handler returns
+            if behaviour in ("429", "503"):
+                extra = {}
+                if srv.retry_after is not None:
+                    extra["Retry-After"] = (formatdate(time.time() + float(srv.retry_after), usegmt=True)
+                                            if srv.retry_after_http_date else str(srv.retry_after))
+                self._send(int(behaviour), b'{"error": {"message": "rate limited"}}', extra)
+            elif behaviour in ("500", "400"):
+                msg = f"scripted {behaviour}" + (f" for {auth}" if srv.echo_auth_in_errors else "")
+                self._send(int(behaviour), json.dumps({"error": {"message": msg}}).encode())
+            elif behaviour == "malformed":
+                self._send(200, b'{"choices": [ {"message": ')
+            elif behaviour == "no_choices":
+                self._send(200, b'{"id": "x", "object": "chat.completion"}')
+            else:
+                with srv.lock:
+                    srv.ok_count += 1
+                self._send(200, json.dumps(srv.completion(body), ensure_ascii=False).encode("utf-8"))
+
+    return Handler
+
+
+class LLMTestServerProcess:
+    """The same server in a child process, so its threads do not share the client's GIL (for benchmarks)."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = list(args)
+        self.proc: subprocess.Popen | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> LLMTestServerProcess:
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *self.args],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip() if self.proc.stdout else ""
+        if not line.startswith("READY "):
+            self.proc.kill()
+            raise RuntimeError(f"test server did not start: {line!r}")
+        self.base_url = line.split(" ", 1)[1]
+        return self
+
+    def stats(self) -> dict[str, int]:
+        with urllib.request.urlopen(f"{self.base_url}/_stats", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Run the fault-injecting OpenAI-compatible test server.")
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds slept per request")
+    ap.add_argument("--default", default="ok", help="behaviour for every request (ok, 429, 500, hang, ...)")
+    args = ap.parse_args()
+    srv = LLMTestServer(delay_s=args.delay, default=args.default).start()
+    print(f"READY {srv.base_url}", flush=True)
+    try:
+        srv._thread.join()
+    except KeyboardInterrupt:
+        srv.stop()
+
+
+if __name__ == "__main__":
+    main()
