@@ -1,0 +1,150 @@
+"""Stage `agreement`: how far to trust the judge — judge vs human ratings, with the human ceiling beside it.
+
+    python -m emplifai.agreement                                   # every judge in artifacts/judge/
+    python -m emplifai.agreement agreement.judges=[hf_local]       # only some judges
+    python -m emplifai.agreement agreement.bootstrap.n_resamples=5000
+
+Per criterion and overall: Spearman ρ, Pearson r, Kendall τ-b (judge vs mean human) with seeded 95%
+bootstrap CIs; Krippendorff's α (ordinal) among humans and with the judge as one more rater; quadratic-
+weighted κ (rounded judge vs human median); the human ceiling (each human vs the others' mean); a per-system
+breakdown; the largest judge−human gaps with texts. <3 items or constant scores → NaN with a reason.
+With 2+ judges a "jury" (their mean score) is scored too. Output: reports/judge/agreement.json (DVC
+metrics) + tables and plots in reports/judge/agreement/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import hydra
+import matplotlib
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from emplifai import tracking
+from emplifai.errors import UserError, reported
+from emplifai.judging.report import heatmap, metric_name, write_csv
+from emplifai.paths import atomic_path, resolve
+from emplifai.stats import tables
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STATS = ("spearman", "pearson", "kendall", "qwk", "alpha_humans", "alpha_with_judge", "ceiling_spearman")
+
+
+def load_judges(cfg: DictConfig) -> dict[str, pd.DataFrame]:
+    root = resolve(cfg.paths.artifacts) / "judge"
+    wanted = cfg.agreement.get("judges")
+    names = list(wanted) if wanted else sorted(p.parent.name for p in root.glob("*/scores.parquet"))
+    if not names:
+        raise UserError(f"no judge scores under {root} (run `python -m emplifai.judge` first)")
+    judges = {}
+    for name in names:
+        path = root / name / "scores.parquet"
+        if not path.exists():
+            raise UserError(f"agreement.judges names {name!r} but {path} does not exist")
+        judges[name] = pd.read_parquet(path)
+    if cfg.agreement.get("jury") and len(judges) > 1:
+        pooled = pd.concat(judges.values(), ignore_index=True)
+        jury = pooled.groupby(["response_id", "system", "criterion"], as_index=False)["score"].mean()
+        judges["jury"] = jury
+    return judges
+
+
+def texts(cfg: DictConfig) -> pd.DataFrame:
+    prep = resolve(cfg.paths.artifacts) / "prepare"
+    rated = pd.read_parquet(prep / "rated_responses.parquet")
+    dia = pd.concat([pd.read_parquet(prep / f"{s}.parquet") for s in ("train", "val", "test")])
+    return rated.merge(dia[["dialogue_id", "patient"]], on="dialogue_id", how="left")[
+        ["response_id", "patient", "response"]]
+
+
+def scatter(merged: pd.DataFrame, criteria: list[str], title: str, path: Path) -> Path:
+    cols = min(4, len(criteria))
+    rows = math.ceil(len(criteria) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+    systems = sorted(merged["system"].unique())
+    for ax, crit in zip(axes.flat, criteria, strict=False):
+        f = merged[merged["criterion"] == crit]
+        for i, system in enumerate(systems):
+            s = f[f["system"] == system]
+            ax.scatter(s["human_mean"], s["judge"], s=14, alpha=0.75, color=plt.cm.tab10(i), label=system)
+        ax.plot([1, 5], [1, 5], color="grey", lw=0.8, ls="--")
+        ax.set(title=crit, xlabel="human mean", ylabel="judge", xlim=(0.8, 5.2), ylim=(0.8, 5.2))
+    for ax in list(axes.flat)[len(criteria):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path
+
+
+def run(cfg: DictConfig) -> dict:
+    a = cfg.agreement
+    ratings_path = resolve(cfg.paths.artifacts) / "prepare" / "human_ratings.parquet"
+    if not ratings_path.exists():
+        raise UserError(f"{ratings_path} not found: agreement needs human ratings (human_ratings.* in data/)")
+    ratings = pd.read_parquet(ratings_path)
+    judges = load_judges(cfg)
+    boot = OmegaConf.to_container(a.bootstrap, resolve=True)
+    if int(boot["n_resamples"]) < 1000:
+        print(f"agreement: note: bootstrap.n_resamples={boot['n_resamples']} (< 1000: CIs are rough)")
+    out = resolve(cfg.paths.reports) / "judge" / "agreement"
+    primary = str(a.get("primary") or "")
+    primary = primary if primary in judges else next(iter(judges))
+    metrics: dict[str, float] = {}
+    reasons: dict[str, str] = {}
+    files: list[Path] = []
+    text = texts(cfg)
+    for name, scores in judges.items():
+        criteria = [c for c in dict.fromkeys(scores["criterion"]) if c in set(ratings["criterion"])]
+        merged = tables.merge(scores, ratings)
+        table, why, ceil = tables.per_criterion(merged, criteria, 1, 5, boot)
+        prefix = "agreement" if name == primary else f"agreement/{metric_name(name)}"
+        for row in table.to_dict(orient="records"):
+            for stat, value in row.items():
+                if stat == "criterion":
+                    continue
+                key = f"{prefix}/{row['criterion']}/{stat}"
+                metrics[key] = value
+                if f"{row['criterion']}/{stat}" in why:
+                    reasons[key] = why[f"{row['criterion']}/{stat}"]
+        d = out / name
+        system = tables.per_system(merged, 1, 5)
+        files += [write_csv(table, d / "coefficients.csv"), write_csv(ceil, d / "human_ceiling.csv"),
+                  write_csv(system, d / "per_system.csv"),
+                  write_csv(tables.disagreements(merged, text, int(a.disagreements)), d / "disagreements.csv")]
+        if len(merged):
+            files.append(scatter(merged, criteria, f"judge {name} vs human mean", d / "scatter.png"))
+            heat = system.pivot(index="system", columns="criterion", values="spearman").reindex(columns=criteria)
+            files.append(heatmap(heat, f"judge {name}: Spearman ρ per system", d / "spearman_per_system.png",
+                                 -1, 1, "coolwarm"))
+        print(f"agreement {name}: {merged['response_id'].nunique()} responses with human ratings; overall "
+              f"spearman {table.iloc[-1]['spearman']:.3f} [{table.iloc[-1]['spearman_ci_low']:.3f}, "
+              f"{table.iloc[-1]['spearman_ci_high']:.3f}]")
+    summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    with atomic_path(resolve(cfg.paths.reports) / "judge" / "agreement.json") as tmp:
+        tmp.write_text(json.dumps({"metrics": summary, "missing": reasons, "judges": list(judges),
+                                   "primary": primary}, ensure_ascii=False, indent=2), encoding="utf-8")
+    files.append(resolve(cfg.paths.reports) / "judge" / "agreement.json")
+    with tracking.stage_run(cfg, "agreement", {"judges": ",".join(judges), "primary_judge": primary}) as run_:
+        run_.log_metrics(metrics, reasons=reasons)
+        for path in files:
+            run_.log_artifact(path, "agreement" + ("/" + path.parent.name if path.parent != out.parent else ""))
+    return metrics
+
+
+@hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
+@reported
+def main(cfg: DictConfig) -> dict:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Stage `judge`: LLM-as-a-judge on the rubric's criteria (default: the seven EmplifAI criteria, 1–5).
+
+    python -m emplifai.judge                                   # hf_local, Gemma-3-270M, G-Eval weighted scores
+    python -m emplifai.judge judge.model=smollm2-135m          # another conf/model/*.yaml as local judge
+    python -m emplifai.judge judge=openai judge.base_url=http://127.0.0.1:8000/v1 judge.model=NAME
+    python -m emplifai.judge -m judge=hf_local,openai          # several judges; the agreement stage adds a jury
+    python -m emplifai.judge judge.max_items=40                # stratified subset (quick runs)
+
+Scores: human supporter turns of the test split (system "human"), every system of the generate stage's
+output (when it exists) and all rated responses. Output: ${paths.artifacts}/judge/<judge.name>/scores.parquet
+(long: one row per response × criterion; unparseable → score NaN, raw kept, parse_ok false) and
+reports/judge/<judge.name>/ (summary, length-bias table, heatmap, metrics.json).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from emplifai import tracking
+from emplifai.data.taxonomy import Taxonomy
+from emplifai.errors import UserError, reported
+from emplifai.judging import items as items_mod
+from emplifai.judging.report import SCORE_COLUMNS, heatmap, length_bias, metric_name, summary, write_csv
+from emplifai.judging.rubric import PromptBuilder, Rubric
+from emplifai.paths import atomic_path, project_root, resolve
+
+
+def judge_model_cfg(cfg: DictConfig) -> dict:
+    """hf_local's `judge.model`: the root model config if it has that name, else conf/model/<name>.yaml."""
+    name = cfg.judge.model
+    if name == cfg.model.get("name"):
+        return OmegaConf.to_container(cfg.model, resolve=True)
+    candidates = [root / "conf" / "model" / f"{name}.yaml" for root in (project_root(), Path(__file__).parents[2])]
+    path = next((p for p in candidates if p.exists()), candidates[0])
+    if not path.exists():
+        raise UserError(f"judge.model={name!r}: no {path} (name a conf/model/*.yaml)")
+    merged = OmegaConf.merge({"paths": cfg.paths}, {"model": OmegaConf.load(path)})
+    return OmegaConf.to_container(merged.model, resolve=True)
+
+
+def make_backend(cfg: DictConfig, builder: PromptBuilder):
+    from emplifai.judging.engine import HFLocalJudge, OpenAIJudge
+
+    j = cfg.judge
+    cache_path = resolve(j.cache) if j.get("cache") else None
+    if j.backend == "hf_local":
+        from emplifai.llm.cache import ResponseCache
+        from emplifai.modelzoo import setup_torch
+
+        device = setup_torch(cfg)
+        if j.get("threads"):
+            import torch
+
+            torch.set_num_threads(int(j.threads))
+        return HFLocalJudge(j, judge_model_cfg(cfg), builder, ResponseCache(cache_path) if cache_path else None,
+                            device, shared=bool(j.get("batch_criteria", True)))
+    if j.backend == "openai":
+        return OpenAIJudge(j, builder, cache_path)
+    raise UserError(f"judge.backend must be hf_local or openai, got {j.backend!r}")
+
+
+def build_frame(items: list, grades: list, judge_name: str) -> pd.DataFrame:
+    by_id = {it.item_id: it for it in items}
+    rows = []
+    for g in grades:
+        it = by_id[g.item_id]
+        rows.append({"response_id": g.item_id, "dialogue_id": it.dialogue_id, "system": it.system,
+                     "source": it.source, "criterion": g.criterion, "score": g.score, "score_argmax": g.score_argmax,
+                     "score_std": g.score_std, "raw": g.raw, "parse_ok": g.parse_ok, "detail": g.detail,
+                     "digit_mass": g.digit_mass, "judge": judge_name, "response_chars": len(it.response)})
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+def metrics_of(scores: pd.DataFrame, rubric: Rubric) -> tuple[dict, dict]:
+    metrics: dict[str, float] = {}
+    reasons: dict[str, str] = {}
+    failures = ~scores["parse_ok"]
+    metrics["judge/parse_failure_rate"] = float(failures.mean()) if len(scores) else math.nan
+    for c in rubric.keys:
+        f = scores[scores["criterion"] == c]
+        metrics[f"judge/{c}/parse_failure_rate"] = float((~f["parse_ok"]).mean()) if len(f) else math.nan
+        for system, s in f.groupby("system"):
+            name = f"judge/{c}/mean_{metric_name(system)}"
+            metrics[name] = float(s["score"].mean())
+            if math.isnan(metrics[name]):
+                reasons[name] = "every score of this system failed to parse"
+    mass = scores["digit_mass"].dropna()
+    if len(mass):
+        metrics["judge/digit_mass_mean"] = float(mass.mean())
+    return metrics, reasons
+
+
+def run(cfg: DictConfig) -> dict:
+    j = cfg.judge
+    rubric = Rubric.from_config(j)
+    builder = PromptBuilder(j.prompt, rubric)
+    taxonomy = Taxonomy.from_config(cfg.taxonomy)
+    artifacts = resolve(cfg.paths.artifacts)
+    items, notes = items_mod.collect(artifacts / "prepare", artifacts / "generate" / "responses.parquet",
+                                     taxonomy, list(j.sources))
+    total = len(items)
+    items = items_mod.limit(items, j.get("max_items"), int(cfg.seed))
+    if len(items) < total:
+        notes.append(f"judge.max_items={j.max_items}: judging {len(items)} of {total} responses (stratified)")
+    for note in notes:
+        print(f"judge: note: {note}")
+    backend = make_backend(cfg, builder)
+    start = time.perf_counter()
+    grades = backend.grade(items)
+    seconds = time.perf_counter() - start
+    scores = build_frame(items, grades, str(j.name))
+    out = artifacts / "judge" / str(j.name) / "scores.parquet"
+    with atomic_path(out) as tmp:
+        scores.to_parquet(tmp, index=False)
+    reports = resolve(cfg.paths.reports) / "judge" / str(j.name)
+    summ = summary(scores)
+    bias = length_bias(scores)
+    files = [write_csv(summ, reports / "summary.csv"), write_csv(bias, reports / "length_bias.csv"),
+             write_csv(scores[~scores["parse_ok"]], reports / "parse_failures.csv")]
+    table = summ.pivot(index="system", columns="criterion", values="mean").reindex(columns=rubric.keys)
+    files.append(heatmap(table, f"judge {j.name}: mean score per system × criterion", reports / "scores_heatmap.png",
+                         rubric.lo, rubric.hi))
+    btable = bias[bias["system"] != "(all)"].pivot(index="system", columns="criterion", values="spearman_length")
+    files.append(heatmap(btable.reindex(columns=rubric.keys), f"judge {j.name}: Spearman(score, length)",
+                         reports / "length_bias.png", -1, 1, "coolwarm"))
+    metrics, reasons = metrics_of(scores, rubric)
+    for row in bias[bias["system"] == "(all)"].itertuples():
+        name = f"judge/{row.criterion}/length_spearman"
+        metrics[name] = row.spearman_length
+        if row.reason:
+            reasons[name] = row.reason
+    stats = dict(backend.stats)
+    metrics |= {"judge/responses": len(items), "judge/seconds": round(seconds, 2),
+                "judge/model_calls": stats.get("model_calls", stats.get("requests_sent", 0)),
+                "judge/cache_hits": stats.get("cache_hits", 0)}
+    with atomic_path(reports / "metrics.json") as tmp:
+        tmp.write_text(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                   for k, v in metrics.items()}, indent=2), encoding="utf-8")
+    files.append(reports / "metrics.json")
+    tags = {"judge": str(j.name), "judge_backend": str(j.backend), "judge_model": str(j.model),
+            "rubric": rubric.name, "prompt_hash": builder.fingerprint, "judge_notes": " | ".join(notes) or "(none)"}
+    with tracking.stage_run(cfg, "judge", tags) as run_:
+        run_.log_metrics(metrics, reasons=reasons)
+        for path in files:
+            run_.log_artifact(path, f"judge/{j.name}")
+    print(f"judge {j.name}: {len(items)} responses × {len(rubric.keys)} criteria in {seconds:.1f}s "
+          f"({metrics['judge/model_calls']} model calls, {metrics['judge/cache_hits']} cached); parse failures "
+          f"{metrics['judge/parse_failure_rate']:.1%} → {out}")
+    return metrics
+
+
+@hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
+@reported
+def main(cfg: DictConfig) -> dict:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
