@@ -1,0 +1,154 @@
+"""Stage `emotion`: predict the patient's emotion on the test split, score it against the gold label.
+
+    python -m emplifai.emotion                                    # the `predictor` group's choice (fasttext_clf)
+    python -m emplifai.emotion predictor=hf_rank model=smollm2-135m emotion.max_items=5
+    python -m emplifai.emotion 'emotion.predictors=[fasttext_clf,hf_rank]'   # one MLflow run per predictor
+    python -m emplifai.emotion -m predictor=fasttext_clf,hf_rank,hf_generate  # Hydra multirun
+
+Per predictor: artifacts/emotion/<predictor>/{predictions.parquet,metrics.json} and
+reports/emotion/<predictor>/{per_emotion.csv,confusion.csv,confusion.png}; reports/emotion/metrics.json
+holds every predictor's metrics (DVC metrics; updated per predictor, so a multirun fills it too).
+Invalid answers are kept with their raw text, scored NaN and excluded from label metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from emplifai import tracking
+from emplifai.data.taxonomy import Taxonomy
+from emplifai.errors import UserError, reported
+from emplifai.modelzoo import setup_torch
+from emplifai.paths import atomic_path, resolve, write_text
+from emplifai.predict import scoring
+from emplifai.predict.fasttext_model import Vectors, load_vectors
+from emplifai.predict.predictors import Context, Prediction, resolve_predictor
+from emplifai.predict.report import write_reports
+
+
+def load_split(cfg: DictConfig, split: str) -> pd.DataFrame:
+    path = resolve(cfg.paths.artifacts) / "prepare" / f"{split}.parquet"
+    if not path.exists():
+        raise UserError(f"{path} not found: run `python -m emplifai.prepare` (or `dvc repro prepare`) first")
+    return pd.read_parquet(path)
+
+
+def predictor_cfgs(cfg: DictConfig) -> list[DictConfig]:
+    """One full config per predictor: `emotion.predictors` names read from `emotion.predictor_dir`."""
+    names = cfg.emotion.get("predictors")
+    if not names:
+        return [cfg]
+    out = []
+    for name in names:
+        path = resolve(cfg.emotion.predictor_dir) / f"{name}.yaml"
+        if not path.exists():
+            raise UserError(f"emotion.predictors: {path} not found (names are files in emotion.predictor_dir)")
+        one = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+        one.predictor = OmegaConf.load(path)
+        if not cfg.mlflow.get("run_name"):
+            one.mlflow.run_name = f"emotion predictor={name}"
+        out.append(one)
+    return out
+
+
+def to_frame(preds: list[Prediction], test: pd.DataFrame, taxonomy: Taxonomy, name: str) -> pd.DataFrame:
+    if len(preds) != len(test):
+        raise UserError(f"predictor {name} returned {len(preds)} predictions for {len(test)} dialogues")
+    return pd.DataFrame({
+        "dialogue_id": test["dialogue_id"].to_numpy(), "gold": test["emotion"].to_numpy(),
+        "gold_ja": [taxonomy.ja(k) for k in test["emotion"]], "predictor": name,
+        "raw": [p.raw for p in preds], "text": [p.text for p in preds], "label": [p.label for p in preds],
+        "label_ja": [taxonomy.ja(p.label) if p.label else "" for p in preds],
+        "method": [p.method for p in preds], "valid": [p.valid for p in preds],
+        "reason": [p.reason for p in preds], "confidence": [p.confidence for p in preds]})
+
+
+def add_scores(frame: pd.DataFrame, scorer: scoring.BertScorer, vectors: Vectors) -> pd.DataFrame:
+    """BERTScore and fastText cosine of the scored text vs the gold name; NaN for invalid rows."""
+    frame = frame.copy()
+    for col in scoring.SCORE_COLUMNS:
+        frame[col] = np.nan
+    ok = frame.index[frame["valid"]]
+    if len(ok):
+        prf = scorer.score(frame.loc[ok, "text"].tolist(), frame.loc[ok, "gold_ja"].tolist())
+        frame.loc[ok, ["bertscore_p", "bertscore_r", "bertscore_f1"]] = prf
+        frame.loc[ok, "fasttext_cos"] = [vectors.cosine(a, b) for a, b in
+                                         zip(frame.loc[ok, "text"], frame.loc[ok, "gold_ja"], strict=True)]
+    return frame
+
+
+def update_summary(path: Path, name: str, metrics: dict[str, float]) -> None:
+    """reports/emotion/metrics.json: {predictor: {metric: value}}; NaN written as null (valid JSON)."""
+    summary = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    summary[name] = {k.removeprefix("emotion/"): (None if math.isnan(v) else round(v, 6))
+                     for k, v in metrics.items()}
+    write_text(path, json.dumps(dict(sorted(summary.items())), ensure_ascii=False, indent=2))
+
+
+def run_predictor(cfg: DictConfig, test: pd.DataFrame, train: pd.DataFrame, val: pd.DataFrame,
+                  taxonomy: Taxonomy, scorer, vectors: Vectors, device: str) -> dict[str, float]:
+    name = str(cfg.predictor.name)
+    out_dir = resolve(cfg.paths.artifacts) / "emotion" / name
+    rep_dir = resolve(cfg.paths.reports) / "emotion" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(cfg, taxonomy, train, val, scorer, device, int(cfg.seed), out_dir)
+    with tracking.stage_run(cfg, "emotion", {"predictor": name}) as run_:
+        preds = resolve_predictor(cfg.predictor)(ctx, test)
+        frame = add_scores(to_frame(preds, test, taxonomy, name), scorer(), vectors)
+        b = cfg.emotion.bootstrap
+        metrics, reasons = scoring.metrics(frame, int(b.resamples), float(b.confidence), int(cfg.seed))
+        metrics |= ctx.metrics
+        with atomic_path(out_dir / "predictions.parquet") as tmp:
+            frame.to_parquet(tmp, index=False)
+        write_text(out_dir / "metrics.json", json.dumps(
+            {k: (None if math.isnan(v) else v) for k, v in metrics.items()} | {"missing": reasons}, indent=2))
+        reports = write_reports(frame, taxonomy, name, rep_dir)
+        run_.log_metrics(metrics, reasons=reasons)
+        run_.set_tags({"emotion.fasttext_model": vectors.path.name})
+        for path in (out_dir / "predictions.parquet", out_dir / "metrics.json", *reports):
+            run_.log_artifact(path, f"emotion/{name}")
+    update_summary(resolve(cfg.paths.reports) / "emotion" / "metrics.json", name, metrics)
+    print(f"emotion[{name}]: n={int(metrics['emotion/n'])} invalid={metrics['emotion/invalid_rate']:.2f} "
+          f"acc={metrics['emotion/accuracy']:.3f} bertscore_f1={metrics['emotion/bertscore_f1']:.3f} "
+          f"fasttext_cos={metrics['emotion/fasttext_cos']:.3f} → {rep_dir}")
+    return metrics
+
+
+def run(cfg: DictConfig) -> dict:
+    device = setup_torch(cfg)
+    taxonomy = Taxonomy.from_config(cfg.taxonomy)
+    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    test = load_split(cfg, str(cfg.emotion.split))
+    if cfg.emotion.get("max_items"):
+        test = test.head(int(cfg.emotion.max_items))
+    unknown = sorted(set(test["emotion"]) - set(taxonomy.keys))
+    if unknown:
+        raise UserError(f"{cfg.emotion.split} split has emotions {unknown} not in taxonomy {taxonomy.name}")
+    # Vectors: train-split text plus each emotion's "name：description", so every gold name is in the corpus.
+    corpus = [*(f"{e.ja}：{e.description}" for e in taxonomy.emotions),
+              *train[["situation", "patient", "supporter"]].to_numpy().ravel().tolist()]
+    vectors = load_vectors(cfg.emotion.fasttext, corpus, int(cfg.seed))
+    scorer = functools.cache(lambda: scoring.BertScorer(cfg.encoder, device, int(cfg.emotion.bertscore.batch_size)))
+    results = {}
+    for one in predictor_cfgs(cfg):
+        metrics = run_predictor(one, test, train, val, taxonomy, scorer, vectors, device)
+        results |= {f"{one.predictor.name}/{k}": v for k, v in metrics.items()}
+    return results
+
+
+@hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
+@reported
+def main(cfg: DictConfig) -> dict:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The few-shot Japanese prompt shared by `hf_generate`, `hf_rank` and `openai`, and answer cleaning.
+
+Template (`predictor.prompt`): `instruction` (may use {labels}), `example` (uses {situation}, {patient},
+{supporter} and ends with {answer}), `few_shot` examples drawn from the train split (seeded, distinct
+emotions). The query is the example template cut just before {answer}: the model continues from there.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from emplifai.data.taxonomy import Taxonomy
+from emplifai.errors import UserError
+
+STRIP = " \t\r\n　「」『』\"'“”‘’()（）[]［］【】。、．，.,:：;；!！?？・*#-—"
+PREFIX = re.compile(r"^(感情|答え|回答|emotion|answer)\s*[:：は]\s*", re.IGNORECASE)
+
+
+class PromptError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A cleaned free-text answer: `text` is what gets scored, `reason` is set when it is invalid."""
+
+    raw: str | None
+    text: str
+    reason: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return not self.reason
+
+
+def few_shot_examples(train: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
+    """k train dialogues with distinct gold emotions, chosen reproducibly."""
+    if k <= 0 or train.empty:
+        return train.iloc[:0]
+    order = np.random.default_rng(seed).permutation(len(train))
+    picked = train.iloc[order].drop_duplicates("emotion").head(k)
+    return picked.reset_index(drop=True)
+
+
+class PromptBuilder:
+    def __init__(self, prompt_cfg: Mapping[str, Any], taxonomy: Taxonomy, train: pd.DataFrame, seed: int) -> None:
+        example = str(prompt_cfg["example"]).rstrip("\n")
+        if not example.endswith("{answer}"):
+            raise PromptError("predictor.prompt.example must end with {answer} (the model continues there)")
+        self.example, self.taxonomy = example, taxonomy
+        self.instruction = str(prompt_cfg.get("instruction") or "").format(labels="、".join(taxonomy.ja_names))
+        shots = few_shot_examples(train, int(prompt_cfg.get("few_shot", 0)), seed)
+        self.prefix = "".join(self._fill(r, taxonomy.ja(r["emotion"])) + "\n\n" for _, r in shots.iterrows())
+
+    def _fill(self, row: Mapping[str, Any], answer: str) -> str:
+        try:
+            return self.example.format(situation=row["situation"], patient=row["patient"],
+                                       supporter=row["supporter"], answer=answer)
+        except KeyError as err:
+            raise PromptError(f"predictor.prompt.example uses an unknown field {err}") from err
+
+    @property
+    def shared_prefix(self) -> str:
+        """Instruction + few-shot examples: the same for every dialogue (its KV cache is reusable)."""
+        head = f"{self.instruction.rstrip()}\n\n" if self.instruction else ""
+        return head + self.prefix
+
+    def __call__(self, row: Mapping[str, Any]) -> str:
+        """The full prompt for one dialogue, ending where the answer goes."""
+        return self.shared_prefix + self._fill(row, "")
+
+
+def clean_answer(raw: str | None, refusal: re.Pattern[str], max_chars: int) -> Answer:
+    """First non-empty line, NFKC, without a leading "感情：" or quotes/punctuation; invalid if empty,
+    a refusal, garbled (no letters, or U+FFFD) or too long to be an emotion name."""
+    if raw is None:
+        return Answer(None, "", "no answer")
+    text = unicodedata.normalize("NFKC", raw)
+    line = next((ln for ln in text.splitlines() if ln.strip(STRIP)), "")
+    line = PREFIX.sub("", line.strip(STRIP)).strip(STRIP)
+    if not line:
+        return Answer(raw, "", "empty answer")
+    if refusal.search(line):
+        return Answer(raw, line, "refusal")
+    if "\ufffd" in line or not any(unicodedata.category(ch).startswith("L") for ch in line):
+        return Answer(raw, line, "garbled answer")
+    if len(line) > max_chars:
+        return Answer(raw, line, f"answer longer than {max_chars} characters")
+    return Answer(raw, line)

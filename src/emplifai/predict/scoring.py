@@ -1,0 +1,135 @@
+"""Scores: BERTScore (bert_score's own building blocks, each distinct string embedded once), label
+metrics, and seeded bootstrap CIs.
+
+`bert_score.score` re-loads the model per call and runs greedy matching for every pair; predictions
+repeat heavily and gold names are only 28 strings, so `BertScorer` embeds each distinct string once
+(kept across calls), matches each distinct (candidate, reference) pair once, and gives the same numbers
+(same tokenizer, same truncated model, same `greedy_cos_idf`, idf=False).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from emplifai.modelzoo import encoder_dir
+
+PAIR_BATCH = 1024
+
+
+class BertScorer:
+    """BERTScore P/R/F1 with `idf=False`, the encoder folder and layer from `cfg.encoder`."""
+
+    def __init__(self, encoder_cfg: Mapping[str, Any], device: str = "cpu", batch_size: int = 64) -> None:
+        from bert_score.utils import get_model, get_tokenizer
+
+        self.model_type = str(encoder_dir(encoder_cfg))
+        self.num_layers = int(encoder_cfg["num_layers"])
+        self.tokenizer = get_tokenizer(self.model_type, False)
+        self.model = get_model(self.model_type, self.num_layers).to(device)
+        self.device, self.batch_size = device, int(batch_size)
+        self.idf_dict: defaultdict = defaultdict(lambda: 1.0)
+        self.idf_dict[self.tokenizer.sep_token_id] = 0
+        self.idf_dict[self.tokenizer.cls_token_id] = 0
+        self._emb: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _embed(self, texts: Sequence[str]) -> None:
+        from bert_score.utils import get_bert_embedding, sent_encode
+
+        todo = sorted({t for t in texts if t not in self._emb},
+                      key=lambda t: len(sent_encode(self.tokenizer, t)), reverse=True)
+        for i in range(0, len(todo), self.batch_size):
+            batch = todo[i: i + self.batch_size]
+            emb, mask, idf = get_bert_embedding(batch, self.model, self.tokenizer, self.idf_dict,
+                                                device=self.device)
+            for j, text in enumerate(batch):
+                n = int(mask[j].sum())
+                self._emb[text] = (emb[j, :n].cpu(), idf[j, :n].cpu())
+
+    def _stats(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        embs = [self._emb[t][0] for t in texts]
+        idfs = [self._emb[t][1] for t in texts]
+        lens = torch.tensor([e.size(0) for e in embs])
+        mask = torch.arange(int(lens.max())).expand(len(texts), -1) < lens.unsqueeze(1)
+        return pad_sequence(embs, batch_first=True, padding_value=2.0), mask, pad_sequence(idfs, batch_first=True)
+
+    def score(self, cands: Sequence[str], refs: Sequence[str]) -> np.ndarray:
+        """(N, 3) array of P, R, F1 per pair — what `bert_score.score(cands, refs, ...)` returns."""
+        from bert_score.utils import greedy_cos_idf
+
+        if len(cands) != len(refs):
+            raise ValueError("cands and refs differ in length")
+        if not cands:
+            return np.zeros((0, 3))
+        self._embed(list(cands) + list(refs))
+        pairs = list(dict.fromkeys(zip(cands, refs, strict=True)))
+        out: dict[tuple[str, str], np.ndarray] = {}
+        with torch.no_grad():
+            for i in range(0, len(pairs), PAIR_BATCH):  # matching is cheap: large batches
+                batch = pairs[i: i + PAIR_BATCH]
+                ref_stats = self._stats([r for _, r in batch])
+                hyp_stats = self._stats([c for c, _ in batch])
+                p, r, f = greedy_cos_idf(*ref_stats, *hyp_stats)
+                for pair, row in zip(batch, torch.stack((p, r, f), dim=-1).numpy(), strict=True):
+                    out[pair] = row
+        return np.stack([out[pair] for pair in zip(cands, refs, strict=True)]).astype(np.float64)
+
+    def nearest(self, texts: Sequence[str], names: Sequence[str]) -> list[tuple[int, float]]:
+        """For each text: (index of the name with the highest BERTScore F1, that F1)."""
+        if not texts:
+            return []
+        flat = self.score([t for t in texts for _ in names], [n for _ in texts for n in names])
+        f1 = flat[:, 2].reshape(len(texts), len(names))
+        return [(int(i), float(row[i])) for row, i in zip(f1, f1.argmax(axis=1), strict=True)]
+
+
+def bootstrap_ci(values: Sequence[float], resamples: int, confidence: float, seed: int
+                 ) -> tuple[float, float, float]:
+    """(mean, low, high) of the non-NaN values; NaNs when there are none. Percentile bootstrap."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(int(resamples), x.size))].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
+
+
+SCORE_COLUMNS = {"bertscore_p": "bertscore_p", "bertscore_r": "bertscore_r", "bertscore_f1": "bertscore_f1",
+                 "fasttext_cos": "fasttext_cos"}
+
+
+def metrics(pred: pd.DataFrame, resamples: int, confidence: float, seed: int
+            ) -> tuple[dict[str, float], dict[str, str]]:
+    """Stage metrics (`emotion/...`) and the reasons for any NaN among them."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    n = len(pred)
+    valid = pred[pred["valid"]]
+    labelled = valid[valid["label"] != ""]
+    out: dict[str, float] = {"emotion/n": float(n), "emotion/n_valid": float(len(valid)),
+                             "emotion/invalid_rate": (n - len(valid)) / n if n else float("nan")}
+    reasons: dict[str, str] = {}
+    if n == 0:
+        reasons["emotion/invalid_rate"] = "no test items"
+    if len(labelled):
+        out["emotion/accuracy"] = float(accuracy_score(labelled["gold"], labelled["label"]))
+        out["emotion/macro_f1"] = float(f1_score(labelled["gold"], labelled["label"], average="macro",
+                                                 zero_division=0))
+    else:
+        for k in ("emotion/accuracy", "emotion/macro_f1"):
+            out[k], reasons[k] = float("nan"), "no valid prediction mapped to a label"
+    for col in SCORE_COLUMNS:
+        mean, low, high = bootstrap_ci(valid[col].tolist(), resamples, confidence, seed)
+        out |= {f"emotion/{col}": mean, f"emotion/{col}_ci_low": low, f"emotion/{col}_ci_high": high}
+        if math.isnan(mean):
+            for k in (f"emotion/{col}", f"emotion/{col}_ci_low", f"emotion/{col}_ci_high"):
+                reasons[k] = f"no valid prediction with a {col} score"
+    return out, reasons
