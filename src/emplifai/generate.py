@@ -1,0 +1,117 @@
+"""Stage `generate`: base model and fine-tuned adapters answer the same test prompts, same seeded decoding.
+
+    python -m emplifai.generate                                    # base + models/sft/default (the DVC adapter)
+    python -m emplifai.generate 'generate.adapters=[models/sft/epochs=1,models/sft/epochs=2]'
+    python -m emplifai.generate generate.include_base=false generate.do_sample=true
+
+Output: ${paths.artifacts}/generate/responses.parquet (response_id, dialogue_id, system, response, n_tokens,
+seconds), what the judge stage scores; per-system metrics (length vs the human supporter turns — the study
+found model replies longer than crowdworkers', which biases judges —, distinct-1/2, BERTScore F1 against
+the human turn) in reports/generate/metrics.json and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig
+
+from emplifai import tracking
+from emplifai.data.taxonomy import Taxonomy
+from emplifai.errors import UserError, reported
+from emplifai.modelzoo import encoder_dir, load_causal_lm, setup_torch
+from emplifai.paths import atomic_path, resolve, write_text
+from emplifai.sft.adapter import adapter_meta, load_adapter
+from emplifai.sft.datamodule import read_split
+from emplifai.sft.generation import bertscore_f1, distinct_n, generate
+from emplifai.sft.prompts import PromptBuilder
+
+COLUMNS = ["response_id", "dialogue_id", "system", "response", "n_tokens", "seconds"]
+
+
+def metric_key(system: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", system)
+
+
+def system_metrics(frame: pd.DataFrame, refs: pd.Series, cfg: DictConfig) -> dict[str, float | None]:
+    """Metrics of one system's responses, aligned to the human supporter turns by dialogue_id."""
+    human = refs.loc[frame["dialogue_id"]].tolist()
+    f1 = bertscore_f1(frame["response"].tolist(), human, str(encoder_dir(cfg.encoder)),
+                      int(cfg.encoder.num_layers), int(cfg.generate.bertscore_batch_size))
+    chars = frame["response"].str.len()
+    human_chars = pd.Series(human).str.len()
+    return {"mean_chars": float(chars.mean()), "human_mean_chars": float(human_chars.mean()),
+            "length_ratio": float(chars.mean() / human_chars.mean()), "mean_new_tokens": float(frame["n_tokens"].mean()),
+            "distinct_1": distinct_n(frame["response"].tolist(), 1),
+            "distinct_2": distinct_n(frame["response"].tolist(), 2), "bertscore_f1": float(sum(f1) / len(f1)),
+            "empty_responses": int((chars == 0).sum()), "seconds_per_response": float(frame["seconds"].mean())}
+
+
+def run(cfg: DictConfig) -> dict:
+    device = setup_torch(cfg)
+    g = cfg.generate
+    prepare_dir = resolve(cfg.paths.artifacts) / "prepare"
+    data = read_split(prepare_dir, str(g.split), g.get("max_examples"), int(cfg.seed))
+    if data.empty:
+        raise UserError(f"{prepare_dir / (str(g.split) + '.parquet')} has no rows to generate for")
+    adapters = [resolve(a) for a in (g.adapters or [])]
+    for a in adapters:
+        adapter_meta(a)  # fail before loading the model when an adapter folder is missing
+    if not adapters and not g.include_base:
+        raise UserError("nothing to generate: generate.adapters is empty and generate.include_base=false")
+    model, tok = load_causal_lm(cfg.model, device)
+    tok.padding_side = "left"
+    builder = PromptBuilder.from_config(cfg.prompt, str(cfg.model.chat_format), tok,
+                                        Taxonomy.from_config(cfg.taxonomy))
+    rows = data.to_dict("records")
+    frames, prompt_mismatch = [], {}
+    systems: list[tuple[str, Path | None]] = [("base", None)] if g.include_base else []
+    systems += [(a.name, a) for a in adapters]
+    for adapter_id, path in systems:
+        name = f"{cfg.model.name}+{adapter_id}+{cfg.prompt.name}"
+        current = model if path is None else load_adapter(model, path, str(cfg.model.name))
+        if path is not None and adapter_meta(path).get("prompt") not in (None, cfg.prompt.name):
+            prompt_mismatch[name] = adapter_meta(path)["prompt"]
+        out = generate(current, builder, rows, g, int(cfg.seed), desc=name)
+        frame = pd.DataFrame(out).assign(dialogue_id=data["dialogue_id"].to_numpy(), system=name)
+        frame["response_id"] = name + ":" + frame["dialogue_id"]
+        frames.append(frame[COLUMNS])
+        if path is not None:
+            model = current.unload()  # back to the plain base model for the next adapter
+    responses = pd.concat(frames, ignore_index=True)
+    out_path = resolve(cfg.paths.artifacts) / "generate" / "responses.parquet"
+    with atomic_path(out_path) as tmp:
+        responses.to_parquet(tmp, index=False)
+    refs = data.set_index("dialogue_id")["supporter"]
+    per_system = {s: system_metrics(f, refs, cfg) for s, f in responses.groupby("system", sort=False)}
+    report = resolve(cfg.paths.reports) / "generate" / "metrics.json"
+    write_text(report, json.dumps(per_system, ensure_ascii=False, indent=2))
+    metrics = {f"generate/{metric_key(s)}/{k}": v for s, m in per_system.items() for k, v in m.items()}
+    metrics["generate/responses"] = len(responses)
+    tags = {"model": cfg.model.name, "prompt": cfg.prompt.name, "systems": " | ".join(per_system)}
+    with tracking.stage_run(cfg, "generate", tags) as run_:
+        run_.log_metrics(metrics, reasons={k: "no word n-grams in the responses" for k in metrics
+                                           if "distinct" in k})
+        if prompt_mismatch:
+            run_.set_tags({"prompt_mismatch": json.dumps(prompt_mismatch, ensure_ascii=False)})
+        run_.log_artifact(out_path, "generate")
+        run_.log_artifact(report, "generate")
+    for s, m in per_system.items():
+        print(f"generate: {s}: {m['mean_chars']:.0f} chars (human {m['human_mean_chars']:.0f}), "
+              f"BERTScore F1 {m['bertscore_f1']:.3f}, {m['seconds_per_response']:.1f} s/response")
+    print(f"generate: {len(responses)} responses → {out_path}")
+    return metrics
+
+
+@hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
+@reported
+def main(cfg: DictConfig) -> dict:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

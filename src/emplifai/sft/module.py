@@ -1,0 +1,129 @@
+"""LightningModule for LoRA SFT with the loss on target tokens only, logits computed only there.
+
+A 262k-token vocabulary makes the full (batch, seq, vocab) logits tensor the biggest cost of a step in time
+and memory; only the ~20% of positions that are supporter tokens need it. So the model body runs on the whole
+sequence and `lm_head` only on the hidden states that predict a target token.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from emplifai.errors import UserError
+from emplifai.sft.prompts import IGNORE
+
+
+class NoTargetTokens(UserError):
+    pass
+
+
+def _parts(model: Any) -> tuple[Any, Any, Any]:
+    """(decoder body, lm_head, config) of a causal LM, peft-wrapped or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+    return body, base.get_output_embeddings(), base.config
+
+
+def target_logits(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, target ids) at the positions whose NEXT token is a target (labels != -100)."""
+    targets = batch["labels"][:, 1:]
+    sel = targets != IGNORE
+    if not bool(sel.any()):
+        raise NoTargetTokens("a training batch has no target tokens (every label is -100): the prompts fill "
+                             "train.max_length; raise train.max_length or shorten the prompt template")
+    body, head, config = _parts(model)
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  use_cache=False).last_hidden_state
+    logits = head(hidden[:, :-1][sel])
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits, targets[sel]
+
+
+def target_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the target tokens of the batch, and their number."""
+    logits, targets = target_logits(model, batch)
+    return F.cross_entropy(logits.float(), targets), int(targets.numel())
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "constant":
+        return 1.0
+    raise UserError(f"train.schedule must be cosine, linear or constant, got {schedule!r}")
+
+
+class SFTModule(pl.LightningModule):
+    """Checkpoints hold only the trainable (LoRA) weights: megabytes instead of the whole base model."""
+
+    def __init__(self, model: Any, train_cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.model, self.cfg = model, train_cfg
+        self.strict_loading = False  # the frozen base weights are not in our checkpoints
+        self.history: dict[str, list[tuple[int, float]]] = {"train/loss": [], "val/loss": []}
+        self.train_tokens, self.train_seconds = 0, 0.0
+        self._t0, self._n, self._val = 0.0, 0, [0.0, 0]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, self._n = target_loss(self.model, batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=self._n)
+        self.history["train/loss"].append((self.global_step, float(loss.detach())))
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        dt = time.perf_counter() - self._t0
+        self.train_tokens += self._n
+        self.train_seconds += dt
+        self.log("train/target_tokens_per_s", self._n / dt, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, n = target_loss(self.model, batch)
+        self._val[0] += float(loss) * n
+        self._val[1] += n
+
+    def on_validation_epoch_end(self) -> None:
+        total, n = self._val
+        self._val = [0.0, 0]
+        if n and not self.trainer.sanity_checking:
+            val = total / n
+            self.log("val/loss", val, prog_bar=True)
+            self.history["val/loss"].append((self.global_step, val))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=float(self.cfg["lr"]), weight_decay=float(self.cfg["weight_decay"]))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(round(float(self.cfg["warmup_ratio"]) * total))
+        schedule = str(self.cfg["schedule"])
+        lr_factor(0, total, warmup, schedule)  # fail on a bad schedule name now, not at step 1
+
+        def factor(step: int) -> float:
+            return lr_factor(step, total, warmup, schedule)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["emplifai_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = checkpoint.get("emplifai_history", self.history)

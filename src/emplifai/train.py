@@ -1,0 +1,192 @@
+"""Stage `train`: LoRA fine-tuning of `cfg.model` on the prepare splits (Lightning + peft).
+
+    python -m emplifai.train                                 # the DVC default: adapter -> models/sft/default
+    python -m emplifai.train -m train.epochs=1,2,3           # sweep: MLflow parent + 3 children, 3 adapters
+    python -m emplifai.train model=smollm2-135m prompt=no_emotion train.max_examples=null
+    dvc exp run -S train.epochs=2                            # the DVC way (params.yaml recomposed from conf/)
+
+Rerunning the same command resumes from `${paths.artifacts}/train/<run name>/last.ckpt` when the config,
+data and training code are unchanged (an interrupted run continues; a finished one only re-exports).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+import matplotlib
+from omegaconf import DictConfig, OmegaConf
+
+from emplifai import tracking
+from emplifai.data.taxonomy import Taxonomy
+from emplifai.errors import reported
+from emplifai.modelzoo import load_causal_lm, setup_torch
+from emplifai.paths import resolve, write_text
+from emplifai.sft.adapter import adapter_size, attach_lora, save_adapter
+from emplifai.sft.datamodule import SFTDataModule
+from emplifai.sft.module import SFTModule
+from emplifai.sft.prompts import PromptBuilder
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+NO_SLUG = {"threads", "device", "train.resume", "train.num_workers"}  # do not change what is learned
+CODE = [Path(__file__), *sorted((Path(__file__).parent / "sft").glob("*.py"))]
+
+
+def run_slug(cfg: DictConfig) -> str:
+    """Folder name of this run's adapter/checkpoints: train.run_name, else the overrides, else "default"."""
+    if cfg.train.get("run_name"):
+        name = str(cfg.train.run_name)
+    else:
+        keep = [o for o in tracking._hydra_context()[1] if o.split("=")[0].lstrip("+~") not in NO_SLUG]
+        name = tracking.run_name("", keep).strip().replace("train.", "")
+    name = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", name.replace(" ", "_")).strip("._")
+    return name[:120] or "default"
+
+
+def fingerprint(cfg: DictConfig, prepare_dir: Path) -> str:
+    """What must match for a checkpoint to be resumed: training config, model, prompt, data and code."""
+    keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("train", "model", "prompt")}
+    keys["train"] = {k: v for k, v in keys["train"].items() if k not in ("resume", "run_name", "num_workers")}
+    h = hashlib.sha256(json.dumps([keys, cfg.seed], sort_keys=True, default=str).encode())
+    for f in [prepare_dir / "train.parquet", prepare_dir / "val.parquet", *CODE]:
+        h.update(f.read_bytes() if f.exists() else b"-")
+    return h.hexdigest()[:16]
+
+
+def checkpoint_dir(ckpt_dir: Path, fp: str, resume: bool) -> Path | None:
+    """last.ckpt to resume from, or None; a folder from another config/data/code is emptied."""
+    stamp = ckpt_dir / "fingerprint.txt"
+    same = stamp.exists() and stamp.read_text().strip() == fp
+    if ckpt_dir.exists() and not same:
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    write_text(stamp, fp)
+    last = ckpt_dir / "last.ckpt"
+    return last if resume and same and last.exists() else None
+
+
+def peak_memory_mb(device: str) -> tuple[float, str]:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
+
+
+def plot_losses(history: dict, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, style in (("train/loss", "-"), ("val/loss", "o-")):
+        if history.get(name):
+            steps, values = zip(*history[name], strict=True)
+            ax.plot(steps, values, style, label=name)
+    ax.set(title="LoRA SFT loss (target tokens)", xlabel="optimizer step", ylabel="cross-entropy")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def make_trainer(cfg: DictConfig, device: str, ckpt_dir: Path, logger, n_batches: int, has_val: bool):
+    t = cfg.train
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", save_last=True, save_top_k=1,
+                                        monitor="val/loss" if has_val else None, mode="min")
+    every = t.get("val_every_n_steps")
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.startswith("cuda") else "cpu", devices=t.devices, strategy=t.strategy,
+        precision=t.precision, max_epochs=int(t.epochs), max_steps=int(t.max_steps or -1),
+        accumulate_grad_batches=int(t.accumulate_grad_batches), gradient_clip_val=t.grad_clip,
+        val_check_interval=min(int(every), n_batches) if every else 1.0, limit_val_batches=1.0 if has_val else 0,
+        num_sanity_val_steps=0, log_every_n_steps=1, logger=logger, callbacks=[ckpt],
+        use_distributed_sampler=False, default_root_dir=str(ckpt_dir), enable_model_summary=False)
+    return trainer, ckpt
+
+
+def run(cfg: DictConfig) -> dict:
+    device = setup_torch(cfg)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    slug = run_slug(cfg)
+    prepare_dir = resolve(cfg.paths.artifacts) / "prepare"
+    ckpt_dir = resolve(cfg.paths.artifacts) / "train" / slug
+    out_dir = resolve(cfg.paths.models) / "sft" / slug
+    reports = resolve(cfg.paths.reports) / "train" / slug
+    model, tok = load_causal_lm(cfg.model, device)
+    builder = PromptBuilder.from_config(cfg.prompt, str(cfg.model.chat_format), tok,
+                                        Taxonomy.from_config(cfg.taxonomy))
+    train_cfg = OmegaConf.to_container(cfg.train, resolve=True)
+    dm = SFTDataModule(prepare_dir, builder, cfg.train, int(cfg.seed))
+    dm.setup()
+    peft_model = attach_lora(model, train_cfg["lora"], bool(cfg.train.gradient_checkpointing))
+    peft_model.train()
+    module = SFTModule(peft_model, train_cfg)
+    fp = fingerprint(cfg, prepare_dir)
+    resume = checkpoint_dir(ckpt_dir, fp, bool(cfg.train.resume))
+    tags = {"model": cfg.model.name, "prompt": cfg.prompt.name, "adapter": slug, "fingerprint": fp,
+            "resumed_from": str(resume) if resume else "(fresh)"}
+    with tracking.stage_run(cfg, "train", tags) as run_:
+        logger = False
+        if run_.run_id:
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            logger = MLFlowLogger(experiment_name=cfg.mlflow.experiment, run_id=run_.run_id,
+                                  tracking_uri=tracking.tracking_uri(cfg))
+        n_batches = len(dm.train_dataloader())
+        trainer, ckpt = make_trainer(cfg, device, ckpt_dir, logger, n_batches, bool(dm.val))
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        seconds = time.perf_counter() - start
+        best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
+        if best and best.exists():
+            import torch
+
+            module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"],
+                                   strict=False)
+        val = [v for _, v in module.history["val/loss"]]
+        meta = {"model": cfg.model.name, "model_path": str(cfg.model.path), "prompt": cfg.prompt.name,
+                "prompt_config": OmegaConf.to_container(cfg.prompt, resolve=True), "train": train_cfg,
+                "seed": int(cfg.seed), "global_step": int(trainer.global_step), "fingerprint": fp,
+                "best_val_loss": min(val) if val else None, "checkpoint": str(best) if best else None}
+        save_adapter(peft_model, out_dir, meta)
+        size_mb, n_params = adapter_size(out_dir)
+        mem, mem_kind = peak_memory_mb(device)
+        tps = module.train_tokens / module.train_seconds if module.train_seconds else None
+        metrics = {"train/best_val_loss": min(val) if val else None,
+                   "train/final_train_loss": module.history["train/loss"][-1][1] if module.history["train/loss"]
+                   else None,
+                   "train/mean_target_tokens_per_s": tps, "train/peak_mem_mb": mem, "train/adapter_mb": size_mb,
+                   "train/adapter_params": n_params, "train/steps": trainer.global_step,
+                   "train/examples": len(dm.train), "train/fit_seconds": seconds}
+        reasons = {"train/best_val_loss": "no validation examples", "train/final_train_loss":
+                   "no training step ran in this invocation (resumed a finished run)",
+                   "train/mean_target_tokens_per_s": "no training step ran in this invocation"}
+        run_.log_metrics(metrics, reasons=reasons)
+        run_.set_tags({"peak_mem_kind": mem_kind, "adapter_dir": str(out_dir)})
+        plot = plot_losses(module.history, reports / "loss.png")
+        write_text(reports / "metrics.json", json.dumps({k: (None if v is None else float(v))
+                                                         for k, v in metrics.items()}, indent=2))
+        run_.log_artifact(out_dir, f"adapter/{slug}")
+        run_.log_artifact(plot, "train")
+        run_.log_artifact(reports / "metrics.json", "train")
+    print(f"train: {trainer.global_step} steps, best val loss {meta['best_val_loss']}, adapter → {out_dir}")
+    return metrics
+
+
+@hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
+@reported
+def main(cfg: DictConfig) -> dict:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()
