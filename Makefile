@@ -49,4 +49,5 @@ ui: setup  ## MLflow UI on localhost (1 worker: ~0.4 GB instead of ~2 GB)
 		--host 127.0.0.1 --port 5000 --workers 1
 
 bench: setup  ## every benchmark, ratios printed side by side
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
