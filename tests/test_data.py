@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose_cfg, write_csv
 
+from conftest import compose_cfg, write_csv
 from emplifai.data.io import read_table
 from emplifai.data.splits import split_dialogues
 from emplifai.data.taxonomy import Taxonomy, TaxonomyError

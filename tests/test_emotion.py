@@ -16,7 +16,7 @@ from conftest import ROOT
 from emplifai import emotion
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.predict import report, scoring
-from emplifai.predict.fasttext_model import FastTextError, load_vectors
+from emplifai.predict.fasttext_model import load_vectors
 from emplifai.predict.predictors import answer_cleaner
 from emplifai.predict.prompting import clean_answer
 from llm_testserver import LLMTestServer

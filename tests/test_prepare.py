@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, compose_cfg, write_csv
 from mlflow.tracking import MlflowClient
 
+from conftest import ROOT, compose_cfg, write_csv
 from emplifai import prepare
 from emplifai.params import write_params
 

@@ -176,8 +176,7 @@ def run(cfg: DictConfig) -> dict:
         ("h2", "SFT: validation loss per step"), *sweep_section(cfg, version),
         *folder_sections(reports / "train", "adapter", (), ("loss.png",)),
         ("h2", "Generated responses"), *folder_sections(reports / "generate", "generate", (), ()),
-        ("h2", "LLM-as-a-judge"),
-        *folder_sections(reports / "judge", "judge", ("summary.csv", "length_bias.csv"), ("scores_heatmap.png",)),
+        ("h2", "LLM-as-a-judge"), *judge_section(reports),
         ("h2", "Judge–human agreement"), *agreement_section(reports),
         ("h2", "MLflow runs behind these numbers"), *runs_section(cfg, version),
     ]
@@ -191,15 +190,52 @@ def run(cfg: DictConfig) -> dict:
 
 
 def agreement_section(reports: Path) -> list[Block]:
+    """criterion × coefficient (with CIs), the human ceiling, why anything is missing, the worst gaps."""
     path = reports / "judge" / "agreement.json"
     if not path.exists():
         return [("p", "No agreement results (no human ratings, or `agreement` has not run).")]
-    blocks: list[Block] = [("table", metric_table(flat(read_json(path))))]
-    for name in ("disagreements.csv",):
-        if (path.parent / name).exists():
-            blocks += [("h3", "Where the judge disagrees most with humans"),
-                       ("table", pd.read_csv(path.parent / name).head(10))]
-    return blocks + [("img", p) for p in sorted(path.parent.glob("agreement*.png"))]
+    data = read_json(path)
+    metrics, primary = data.get("metrics", {}), data.get("primary", "")
+    stats = ("spearman", "pearson", "kendall", "qwk", "alpha_humans", "alpha_with_judge", "ceiling_spearman")
+    criteria = dict.fromkeys(k.split("/")[1] for k in metrics if k.count("/") == 2)
+    rows = []
+    for crit in criteria:
+        row = {"criterion": crit, "n": fmt(metrics.get(f"agreement/{crit}/n"))}
+        for stat in stats:
+            m = f"agreement/{crit}/{stat}"
+            lo, hi = metrics.get(f"{m}_ci_low"), metrics.get(f"{m}_ci_high")
+            row[stat] = fmt(metrics.get(m)) + (f" [{fmt(lo)}, {fmt(hi)}]" if lo is not None else "")
+        rows.append(row)
+    blocks: list[Block] = [("p", f"Judge `{primary}` vs the mean human rating (95% bootstrap CIs); `ceiling_*` is "
+                                 "each human vs the mean of the others."), ("table", pd.DataFrame(rows))]
+    missing = data.get("missing", {})
+    if missing:
+        blocks.append(("table", pd.DataFrame([{"metric": k, "missing because": v} for k, v in missing.items()])))
+    folder = reports / "judge" / "agreement" / primary
+    if (folder / "disagreements.csv").exists():
+        blocks += [("h3", "Where the judge disagrees most with humans"),
+                   ("table", pd.read_csv(folder / "disagreements.csv").head(10))]
+    return blocks + [("img", p) for p in sorted(folder.glob("*.png"))]
+
+
+def judge_section(reports: Path) -> list[Block]:
+    """Per judge: criterion × system mean with a t-interval 95% CI over responses, then length bias."""
+    from scipy import stats
+
+    blocks: list[Block] = []
+    for summary in sorted((reports / "judge").glob("*/summary.csv")):
+        frame = pd.read_csv(summary)
+        half = frame.apply(lambda r: stats.t.ppf(0.975, r["n"] - 1) * r["std"] / math.sqrt(r["n"])
+                           if r["n"] > 1 else float("nan"), axis=1)
+        frame["cell"] = [f"{m:.2f} [{m - h:.2f}, {m + h:.2f}]" for m, h in zip(frame["mean"], half, strict=True)]
+        table = frame.pivot(index="criterion", columns="system", values="cell").reset_index()
+        blocks += [("h3", f"judge: {summary.parent.name} — mean score (95% CI) per criterion and system"),
+                   ("table", table)]
+        if (summary.parent / "length_bias.csv").exists():
+            blocks += [("p", "Length bias: Spearman of score vs response length"),
+                       ("table", pd.read_csv(summary.parent / "length_bias.csv").head(12))]
+        blocks.append(("img", summary.parent / "scores_heatmap.png"))
+    return blocks or [("p", "No judge results.")]
 
 
 @hydra.main(config_path="../../conf", config_name="config", version_base="1.3")

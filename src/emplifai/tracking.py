@@ -172,7 +172,9 @@ def stage_run(cfg: DictConfig, stage: str, extra_tags: Mapping[str, str] | None 
     if sweep_dir:
         parent = _parent_run(client, exp_id, sweep_dir, stage, tags)
         tags |= {"mlflow.parentRunId": parent, "sweep_dir": sweep_dir, "sweep_job": str(job_num)}
-    name = cfg.mlflow.get("run_name") or run_name(stage, overrides)
+    # "emotion predictor=hf_rank ...": the stage, what this run is among its siblings, then the overrides
+    who = [f"{k}={v}" for k, v in (extra_tags or {}).items() if k in ("predictor", "judge", "system")]
+    name = cfg.mlflow.get("run_name") or run_name(stage, who + overrides)
     run = client.create_run(exp_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     params = flatten(cfg)

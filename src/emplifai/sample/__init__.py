@@ -7,7 +7,6 @@ md5 recorded in data.dvc matches.
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 SAMPLE_DIR = Path(__file__).parent
