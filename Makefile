@@ -9,7 +9,7 @@ export DO_NOT_TRACK := true
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup data params repro test test-all lint ui bench clean-outputs
+.PHONY: all setup data params repro test test-slow test-all lint ui bench
 
 all: repro  ## set everything up and run the whole pipeline on the shipped sample
 	@echo
@@ -37,6 +37,9 @@ repro: data params
 
 test: setup  ## the test suite CI runs (fast + real-model tests; `make test-all` adds the slow ones)
 	$(PY) -m pytest
+
+test-slow: setup  ## only the slow tests (CI runs them after `make test`)
+	$(PY) -m pytest -m slow
 
 test-all: setup
 	$(PY) -m pytest -m "slow or not slow"

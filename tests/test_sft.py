@@ -249,5 +249,7 @@ def test_epoch_multirun_gives_parent_and_children(tmp_path):
     assert len(parents) == 1 and len(children) == 2
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert sorted(c.data.metrics["train/steps"] for c in children) == [1, 2]
-    for slug in ("epochs=1", "epochs=2"):
-        assert (tmp_path / "models" / "sft" / slug / "adapter_model.safetensors").exists()
+    # one adapter per job, named by its overrides (the sweep key first): epochs=1_model=..., epochs=2_model=...
+    for epochs in (1, 2):
+        (adapter,) = (tmp_path / "models" / "sft").glob(f"epochs={epochs}_*")
+        assert (adapter / "adapter_model.safetensors").exists()
