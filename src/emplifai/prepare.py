@@ -135,6 +135,7 @@ def run(cfg: DictConfig) -> dict:
     frame = build_splits(result, cfg)
     stats = describe(frame, result, taxonomy)
     stats["taxonomy"] = taxonomy.name
+    stats["encodings"] = result.encodings  # what was detected per text file (utf-8, utf-8-sig, cp932)
     with atomic_path(reports / "stats.json") as tmp:
         tmp.write_text(json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8")
     plots = plot(frame, taxonomy, reports)

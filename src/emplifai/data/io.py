@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -26,8 +26,7 @@ class TableError(Exception):
 class Table:
     path: Path
     frame: pd.DataFrame  # all columns as str (NaN for missing), plus ROW_COLUMN
-    encoding: str | None = None
-    notes: list[str] = field(default_factory=list)
+    encoding: str | None = None  # detected for csv/tsv/jsonl
 
 
 def find_table(raw_dir: Path, stem: str) -> Path | None:

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_CRITERIA = (
-    "content_comprehensibility", "general_empathy", "emotion_specific_empathy", "consistency",
-    "fluency", "harmlessness", "sense_of_security",
-)
-
 
 @dataclass(frozen=True)
 class TableSpec:
