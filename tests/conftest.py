@@ -19,6 +19,18 @@ CONF = ROOT / "conf"
 SAMPLE = ROOT / "src" / "emplifai" / "sample"
 
 
+MODELS = ("gemma3-270m", "smollm2-135m", "e5-small")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Real-model tests skip on a dev box without models; under CI a missing model is an error, not a skip."""
+    missing = [m for m in MODELS if not (ROOT / "models" / "base" / m / "config.json").exists()]
+    if not (ROOT / "artifacts" / "prepare" / "train.parquet").exists():
+        missing.append("artifacts/prepare (the sample's splits)")
+    if os.environ.get("CI") and missing:
+        raise pytest.UsageError(f"CI needs {missing}: run `make fixtures` (dvc repro models prepare) first")
+
+
 def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("config", overrides=overrides or [])
