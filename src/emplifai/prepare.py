@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -24,7 +22,7 @@ from emplifai.data.splits import split_dialogues
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.data.validate import Validated, validate
 from emplifai.errors import UserError, reported
-from emplifai.paths import atomic_path, resolve
+from emplifai.paths import atomic_dir, atomic_path, resolve
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -98,21 +96,12 @@ def plot(frame: pd.DataFrame, taxonomy: Taxonomy, reports: Path) -> list[Path]:
 
 def write_outputs(frame: pd.DataFrame, result: Validated, out_dir: Path) -> None:
     """Build the whole output folder beside the target, then swap it in: never half-written."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             frame[frame["split"] == split].reset_index(drop=True).to_parquet(tmp / f"{split}.parquet", index=False)
         for name in ("rated_responses", "human_ratings"):
             if name in result.tables:
                 result.tables[name].to_parquet(tmp / f"{name}.parquet", index=False)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
 
 def run(cfg: DictConfig) -> dict:
     taxonomy = Taxonomy.from_config(cfg.taxonomy)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from emplifai.errors import UserError
+from emplifai.paths import atomic_dir
 
 META = "emplifai_adapter.json"
 
@@ -37,19 +36,10 @@ def attach_lora(model: Any, lora_cfg: Mapping[str, Any], gradient_checkpointing:
 
 def save_adapter(peft_model: Any, out_dir: Path, meta: Mapping[str, Any]) -> Path:
     """Write adapter weights + adapter_config.json + our metadata to a temp folder, then swap it in."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         peft_model.save_pretrained(str(tmp))
         (tmp / META).write_text(json.dumps(dict(meta), ensure_ascii=False, indent=2), encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out_dir
+    return Path(out_dir)
 
 
 def adapter_meta(adapter_dir: Path) -> dict[str, Any]:
