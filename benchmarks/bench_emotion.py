@@ -3,10 +3,13 @@
     python benchmarks/bench_emotion.py                       # both; needs models/base (dvc repro models)
     python benchmarks/bench_emotion.py --pairs 4200 --dialogues 3 --threads 2 --device cpu
 
-1. BERTScore over >= 4,000 predictions (the shipped sample replicated to the study's size): our
-   `BertScorer` (each distinct string embedded once, each distinct pair matched once) vs one
-   `bert_score.score(cands, refs, ...)` call. Both timings include loading the encoder. Asserts identical
-   numbers (max |diff| <= 1e-6) and prints the ratio; target >= 5x.
+1. BERTScore over >= 4,000 predictions (the shipped sample replicated to the study's size), the work the
+   emotion stage does: P/R/F1 of every prediction vs its gold name, and the nearest taxonomy name (by F1)
+   for every answer that is not a name. Our `BertScorer` (loaded once, each distinct string embedded
+   once, each distinct pair matched once) vs `bert_score.score` called on all those pairs directly (one
+   call per task). Both timings include loading the encoder, after an untimed warm-up load so that
+   imports and the page cache favour neither. Asserts identical numbers (max |diff| <= 1e-6) and prints
+   each part's ratio and the total; target >= 5x on the total.
 2. `hf_rank` on the default LM (Gemma-3-270M): the shared prompt KV cache (`Ranker`) vs one full forward
    over prompt + label per label, same token ids. Asserts identical choices; target >= 3x.
 Exit status 1 when a target is missed or the results differ.
@@ -50,30 +53,52 @@ def predictions(frame: pd.DataFrame, taxonomy, n: int, seed: int) -> tuple[list[
     return cands, [taxonomy.ja(k) for k in gold]
 
 
-def bench_bertscore(cfg, cands: list[str], refs: list[str], device: str) -> tuple[float, bool]:
+def bench_bertscore(cfg, cands: list[str], refs: list[str], names: list[str], device: str
+                    ) -> tuple[float, bool]:
     from bert_score import score
+    from bert_score.utils import get_model
 
     from emplifai.modelzoo import encoder_dir
     from emplifai.predict.scoring import BertScorer
 
     model_type, layers = str(encoder_dir(cfg.encoder)), int(cfg.encoder.num_layers)
+    get_model(model_type, layers)  # untimed warm-up: imports and page cache are then equal for both sides
+    free = [c for c in cands if c not in set(names)]  # answers that are not a taxonomy name: mapped to the nearest
+    times: dict[str, float] = {}
+
     t0 = time.perf_counter()
-    p, r, f = score(cands, refs, model_type=model_type, num_layers=layers, idf=False, device=device,
-                    batch_size=64)
-    base_s = time.perf_counter() - t0
+    base = torch.stack(score(cands, refs, model_type=model_type, num_layers=layers, idf=False, device=device,
+                             batch_size=64), -1).numpy()
+    times["base_gold"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    f = score([t for t in free for _ in names], [n for _ in free for n in names], model_type=model_type,
+              num_layers=layers, idf=False, device=device, batch_size=64)[2].numpy().reshape(len(free), len(names))
+    base_near = f.max(axis=1)
+    times["base_near"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     scorer = BertScorer(cfg.encoder, device, 64)
-    load_s = time.perf_counter() - t0
+    times["load"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     ours = scorer.score(cands, refs)
-    ours_s = time.perf_counter() - t0
-    diff = float(np.abs(ours - torch.stack([p, r, f], -1).numpy()).max())
+    times["ours_gold"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    best = scorer.nearest(free, names)
+    times["ours_near"] = time.perf_counter() - t0
+
+    diff = max(float(np.abs(ours - base).max()),
+               float(np.abs(np.array([b for _, b in best]) - base_near).max()))
+    base_s, ours_s = times["base_gold"] + times["base_near"], times["load"] + times["ours_gold"] + times["ours_near"]
     ratio = base_s / ours_s
-    print(f"BERTScore  {len(cands)} pairs, {len(set(cands) | set(refs))} distinct strings, "
-          f"{len(set(zip(cands, refs, strict=True)))} distinct pairs")
-    print(f"  bert_score.score: {base_s:8.2f} s   BertScorer: {ours_s:8.2f} s   ratio {ratio:6.1f}x   "
-          f"max |diff| {diff:.2e}")
-    print(f"  of which encoder load {load_s:.2f} s; scoring alone {ours_s - load_s:.2f} s "
-          f"(ratio vs bert_score.score {base_s / max(ours_s - load_s, 1e-9):.1f}x when the encoder is already loaded)")
+    print(f"BERTScore  {len(cands)} predictions vs gold ({len(set(cands) | set(refs))} distinct strings, "
+          f"{len(set(zip(cands, refs, strict=True)))} distinct pairs) + nearest of {len(names)} names for the "
+          f"{len(free)} free-text answers ({len(free) * len(names)} pairs), as the emotion stage does")
+    print(f"  vs gold:   bert_score.score {times['base_gold']:6.2f} s   BertScorer load {times['load']:5.2f} s + "
+          f"{times['ours_gold']:5.2f} s   ratio {times['base_gold'] / (times['load'] + times['ours_gold']):5.1f}x")
+    print(f"  nearest:   bert_score.score {times['base_near']:6.2f} s   BertScorer (loaded) {times['ours_near']:5.2f} s"
+          f"   ratio {times['base_near'] / times['ours_near']:5.1f}x")
+    print(f"  total:     bert_score.score {base_s:6.2f} s   BertScorer {ours_s:5.2f} s   ratio {ratio:5.1f}x   "
+          f"max |diff| {diff:.2e} (P/R/F1 and nearest F1)")
     return ratio, diff <= 1e-6
 
 
@@ -126,7 +151,7 @@ def main() -> int:
     ok = True
     if args.only in (None, "bertscore"):
         cands, refs = predictions(frame, taxonomy, args.pairs, int(cfg.seed))
-        ratio, same = bench_bertscore(cfg, cands, refs, args.device)
+        ratio, same = bench_bertscore(cfg, cands, refs, list(taxonomy.ja_names), args.device)
         ok &= ratio >= 5 and same
     if args.only in (None, "rank"):
         ratio, same = bench_rank(cfg, frame, taxonomy, args.dialogues, args.device)
