@@ -1,11 +1,13 @@
 """SFT speed claims, measured side by side in one command (each case in its own process, for its peak RSS).
 
-    python benchmarks/bench_sft.py [--steps 2] [--batch 8] [--threads 2]
+    python benchmarks/bench_sft.py [--steps 3] [--batch 8] [--threads 2] [--cases ours,ours_gc,trl,...]
 
-1. Training throughput (target tokens/s) of our loop (emplifai.sft: length-bucketed batches, logits only at
-   target positions) vs TRL's SFTTrainer (bench-only dependency `trl`), Gemma-3-270M, the same pre-tokenized,
-   prompt-masked examples (`completion_mask`), LoRA config, batch size, max length and learning rate. One
-   warm-up step, then `--steps` timed steps each. Goal: >= 1.5x, lower peak memory.
+1. Training throughput (target tokens/s) of our loop (emplifai.sft: length-bucketed batches, lm_head only at
+   target positions, chunked with the gradient taken in the same pass) vs TRL's SFTTrainer (bench-only
+   dependency `trl`, its defaults: gradient checkpointing on), Gemma-3-270M, the same pre-tokenized,
+   prompt-masked examples (`completion_mask`), LoRA config, batch size, max length and learning rate. Ours
+   both with gradient checkpointing (`ours_gc`, our default too) and without (`ours`). One warm-up step,
+   then `--steps` timed steps each. Goal: >= 1.5x, lower peak memory.
 2. Generation: batched (left padding) vs one prompt at a time, same prompts, greedy. Goal: >= 2x.
 """
 
@@ -47,7 +49,7 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def ours(a) -> dict:
+def ours(a, checkpointing: bool) -> dict:
     import torch
 
     from emplifai.sft.adapter import attach_lora
@@ -55,7 +57,7 @@ def ours(a) -> dict:
     from emplifai.sft.module import target_loss
 
     cfg, model, builder, _, enc = setup(a.threads, a.batch * (a.steps + 1))
-    model = attach_lora(model, cfg.train.lora)
+    model = attach_lora(model, cfg.train.lora, checkpointing)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     batches = list(LengthBucketSampler([len(e.input_ids) for e in enc], a.batch, seed=0))
@@ -123,31 +125,38 @@ def gen(a, batched: bool) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--gen-prompts", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--case")
+    p.add_argument("--cases", default="ours,ours_gc,trl,gen_batched,gen_single")
     a = p.parse_args()
     if a.case:
-        fn = {"ours": ours, "trl": trl, "gen_batched": lambda x: gen(x, True), "gen_single": lambda x: gen(x, False)}
+        fn = {"ours": lambda x: ours(x, False), "ours_gc": lambda x: ours(x, True), "trl": trl,
+              "gen_batched": lambda x: gen(x, True), "gen_single": lambda x: gen(x, False)}
         print("RESULT " + json.dumps(fn[a.case](a)))
         return
     res = {}
-    for case in ("ours", "trl", "gen_batched", "gen_single"):
+    for case in a.cases.split(","):
         out = subprocess.run([sys.executable, __file__, "--case", case, *sys.argv[1:]], capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         res[case] = json.loads(line[-1][7:]) if line else {"error": out.stderr[-1500:]}
         print(case, res[case], flush=True)
     print(f"\nload average {os.getloadavg()}; threads={a.threads}, batch={a.batch}, timed steps={a.steps}")
-    if "error" not in res["ours"] and "error" not in res["trl"]:
-        r = res["ours"]["target_tokens_per_s"] / res["trl"]["target_tokens_per_s"]
-        m = res["ours"]["peak_rss_mb"] / res["trl"]["peak_rss_mb"]
-        print(f"train: ours {res['ours']['target_tokens_per_s']:.1f} vs TRL SFTTrainer "
-              f"{res['trl']['target_tokens_per_s']:.1f} target tok/s -> {r:.2f}x (goal >= 1.5x); "
-              f"peak RSS {res['ours']['peak_rss_mb']:.0f} vs {res['trl']['peak_rss_mb']:.0f} MB ({m:.2f}x)")
-    if "error" not in res["gen_batched"] and "error" not in res["gen_single"]:
+
+    def ok(*cases: str) -> bool:
+        return all(c in res and "error" not in res[c] for c in cases)
+
+    for case, what in (("ours", "no gradient checkpointing"), ("ours_gc", "gradient checkpointing, our default")):
+        if ok(case, "trl"):
+            r = res[case]["target_tokens_per_s"] / res["trl"]["target_tokens_per_s"]
+            m = res[case]["peak_rss_mb"] / res["trl"]["peak_rss_mb"]
+            print(f"train ({what}): ours {res[case]['target_tokens_per_s']:.1f} vs TRL SFTTrainer "
+                  f"{res['trl']['target_tokens_per_s']:.1f} target tok/s -> {r:.2f}x (goal >= 1.5x); "
+                  f"peak RSS {res[case]['peak_rss_mb']:.0f} vs {res['trl']['peak_rss_mb']:.0f} MB ({m:.2f}x, goal < 1)")
+    if ok("gen_batched", "gen_single"):
         r = res["gen_single"]["seconds"] / res["gen_batched"]["seconds"]
         print(f"generate: batched {res['gen_batched']['seconds']:.1f} s vs one at a time "
               f"{res['gen_single']['seconds']:.1f} s for {a.gen_prompts} prompts -> {r:.2f}x (goal >= 2x)")

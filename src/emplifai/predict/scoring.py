@@ -27,7 +27,7 @@ PAIR_BATCH = 1024
 FAST_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
 
 
-def load_tokenizer(folder: str):
+def fast_tokenizer(folder: str):
     """The folder's tokenizer.json built once. `AutoTokenizer` (what bert_score calls) also parses that
     file in Python first: for e5's 250k-piece vocabulary that doubles a 1.3 s load. Other tokenizer
     classes go through bert_score's own loader."""
@@ -50,7 +50,7 @@ class BertScorer:
 
         self.model_type = str(encoder_dir(encoder_cfg))
         self.num_layers = int(encoder_cfg["num_layers"])
-        self.tokenizer = load_tokenizer(self.model_type)
+        self.tokenizer = fast_tokenizer(self.model_type)
         self.model = get_model(self.model_type, self.num_layers).to(device)
         self.device, self.batch_size = device, int(batch_size)
         self.idf_dict: defaultdict = defaultdict(lambda: 1.0)

@@ -2,7 +2,8 @@
 
 A 262k-token vocabulary makes the full (batch, seq, vocab) logits tensor the biggest cost of a step in time
 and memory; only the ~20% of positions that are supporter tokens need it. So the model body runs on the whole
-sequence and `lm_head` only on the hidden states that predict a target token.
+sequence and `lm_head` only on the hidden states that predict a target token, a chunk at a time, with the
+gradient taken in the same pass (no logits kept for backward).
 """
 
 from __future__ import annotations
@@ -30,8 +31,54 @@ def _parts(model: Any) -> tuple[Any, Any, Any]:
     return body, base.get_output_embeddings(), base.config
 
 
-def target_logits(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, target ids) at the positions whose NEXT token is a target (labels != -100)."""
+LOSS_CHUNK = 128  # target positions per lm_head chunk: 128 x 262k fp32 logits = 134 MB
+
+
+class ChunkedHeadLoss(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` (optionally soft-capped), one chunk of rows at a time.
+
+    The forward pass also computes the gradients (softmax - one-hot, through the cap), so neither the
+    (targets, vocab) logits nor a recompute is kept for backward: the same matmuls as full logits, with
+    memory bounded by one chunk. Backward only scales the stored gradients.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float | None,
+                chunk: int, grad_enabled: bool) -> torch.Tensor:
+        need_h, need_w = (grad_enabled and bool(x) for x in ctx.needs_input_grad[:2])
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for i in range(0, hidden.size(0), chunk):
+            h, t = hidden[i: i + chunk], targets[i: i + chunk]
+            z = (h @ weight.t()).float()
+            if cap:
+                squashed = torch.tanh(z / cap)
+                z = squashed * cap
+            lse = torch.logsumexp(z, dim=-1)
+            total += (lse - z.gather(1, t[:, None]).squeeze(1)).sum()
+            if need_h or need_w:
+                g = z.sub_(lse[:, None]).exp_()  # softmax, in place
+                g[torch.arange(len(t), device=g.device), t] -= 1.0
+                if cap:
+                    g *= 1.0 - squashed * squashed
+                g = g.to(h.dtype)
+                if need_h:
+                    grad_h[i: i + chunk] = g @ weight.to(h.dtype)
+                if need_w:
+                    grad_w += (g.t() @ h).to(weight.dtype)
+        ctx.save_for_backward(grad_h, grad_w)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grads = [None if g is None else g * grad_out.to(g.dtype) for g in ctx.saved_tensors]
+        return *grads, None, None, None, None
+
+
+def target_loss(model: Any, batch: dict[str, torch.Tensor], chunk: int = LOSS_CHUNK) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the target tokens of the batch (positions whose NEXT token has a label other
+    than -100), and their number. `lm_head` runs on those positions only, chunk by chunk."""
     targets = batch["labels"][:, 1:]
     sel = targets != IGNORE
     if not bool(sel.any()):
@@ -39,17 +86,15 @@ def target_logits(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
                              "train.max_length; raise train.max_length or shorten the prompt template")
     body, head, config = _parts(model)
     hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  use_cache=False).last_hidden_state
-    logits = head(hidden[:, :-1][sel])
+                  use_cache=False).last_hidden_state[:, :-1][sel]
+    targets = targets[sel]
     cap = getattr(config, "final_logit_softcapping", None)
+    if type(head) is torch.nn.Linear and head.bias is None:
+        total = ChunkedHeadLoss.apply(hidden, head.weight, targets, cap, chunk, torch.is_grad_enabled())
+        return total / targets.numel(), int(targets.numel())
+    logits = head(hidden)  # a LoRA-wrapped or biased head: plain autograd over the target positions
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return logits, targets[sel]
-
-
-def target_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over the target tokens of the batch, and their number."""
-    logits, targets = target_logits(model, batch)
     return F.cross_entropy(logits.float(), targets), int(targets.numel())
 
 
