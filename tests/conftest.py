@@ -36,6 +36,17 @@ def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
         return compose("config", overrides=overrides or [])
 
 
+@pytest.fixture(scope="session")
+def real_llm_server():
+    """`transformers serve` on SmolLM2-135M (it has a chat template), started once for the slow tests."""
+    from llm_realserver import TransformersServe
+
+    if not (ROOT / "models/base/smollm2-135m/config.json").exists():
+        pytest.skip("run `dvc repro models` first")
+    with TransformersServe(ROOT / "models/base/smollm2-135m") as srv:
+        yield srv
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path):
     """compose(overrides) with artifacts/reports/logs and a sqlite MLflow under tmp_path."""

@@ -200,6 +200,26 @@ def test_rank_shared_cache_matches_full_forward():
     assert fast.argmax() == slow.argmax()
 
 
+@pytest.mark.slow
+@needs_models
+def test_openai_predictor_against_transformers_serve(prepared, tmp_path, real_llm_server):
+    """The real thing: transformers' own OpenAI-compatible server generating with SmolLM2."""
+    cfg = _openai_cfg(prepared, real_llm_server.base_url, tmp_path, model=real_llm_server.model, timeout_s=120,
+                      concurrency=2, max_tokens=8)
+    emotion.run(cfg)
+    pred = pd.read_parquet(tmp_path / "artifacts/emotion/openai/predictions.parquet")
+    assert len(pred) == 6 and (pred["raw"].str.len() > 0).all(), pred[["raw", "reason"]]  # real replies, all kept
+    assert not pred["reason"].str.startswith("API error").any()
+    ok, bad = pred[pred["valid"]], pred[~pred["valid"]]
+    assert ok["bertscore_f1"].between(0, 1).all() and (ok["label"] != "").all()
+    assert bad[["bertscore_f1", "fasttext_cos"]].isna().all().all() and (bad["reason"] != "").all()
+    emotion.run(cfg)                                   # rerun: every answer from the cache
+    runs = sorted(_runs(cfg), key=lambda r: r.info.start_time)
+    assert [r.data.metrics["emotion/cache_hits"] for r in runs] == [0, 6]
+    again = pd.read_parquet(tmp_path / "artifacts/emotion/openai/predictions.parquet")
+    assert again["raw"].tolist() == pred["raw"].tolist()
+
+
 # ---- openai predictor against a real local HTTP server ------------------------------------------------
 
 def _openai_cfg(prepared, base_url: str, tmp_path, **extra):

@@ -184,6 +184,32 @@ def test_openai_judge_parse_failures_retries_cache_and_isolation(jcfg, tmp_path)
         assert {b["model"] for b in srv.bodies[-28:]} == {"another-judge"}
 
 
+@pytest.mark.slow
+def test_openai_judge_against_transformers_serve(jcfg, tmp_path, real_llm_server):
+    """The real thing: transformers' own OpenAI-compatible server (it ignores json mode and logprobs)."""
+    over = ["judge=openai", f"judge.base_url={real_llm_server.base_url}", f"judge.model={real_llm_server.model}",
+            "judge.api_key_env=null", "judge.max_items=1", "judge.max_tokens=12", "judge.timeout_s=120",
+            "judge.concurrency=2", "judge.show_progress=false", "mlflow.enabled=false", *FAST]
+    m = judge.run(jcfg(*over))
+    scores = pd.read_parquet(tmp_path / "artifacts" / "judge" / "openai" / "scores.parquet")
+    assert len(scores) == 7 and m["judge/model_calls"] == 7
+    assert not scores["detail"].astype(str).str.startswith("error").any()  # every request answered
+    assert (scores["raw"].str.len() > 0).all()                               # real replies kept
+    parsed = scores[scores["parse_ok"]]
+    assert parsed["score"].between(1, 5).all() and scores.loc[~scores["parse_ok"], "score"].isna().all()
+    assert m["judge/parse_failure_rate"] == pytest.approx(1 - len(parsed) / 7)
+    assert judge.run(jcfg(*over))["judge/model_calls"] == 0                   # rerun: from the cache
+
+
+def test_openai_every_request_failing_is_a_setup_error(jcfg, tmp_path):
+    from emplifai.errors import UserError
+
+    with LLMTestServer(default="400") as srv:  # e.g. a model id the server does not serve
+        with pytest.raises(UserError, match=r"all 7 requests to .* failed, e.g. HTTP 400.*check base_url, model"):
+            judge.run(jcfg(*openai_overrides(srv, "judge.max_items=1")))
+    assert not (tmp_path / "artifacts" / "judge" / "openai" / "scores.parquet").exists()  # no all-NaN table
+
+
 def test_openai_hang_past_timeout_is_nan_not_abort(jcfg, tmp_path):
     with LLMTestServer(reply_fn=judge_reply, script=["hang"], hang_s=5) as srv:
         m = judge.run(jcfg(*openai_overrides(srv, "judge.max_items=1", "judge.max_retries=0", "judge.timeout_s=0.5",

@@ -135,6 +135,7 @@ class OpenAIJudge:
         rubric = self.builder.rubric
         pairs = [(it, c) for it in items for c in rubric.criteria]
         results = self.client.chat_many([self._request(it, c) for it, c in pairs], desc=f"judge {self.jcfg.name}")
+        self.client.require_answers(results)
         out = []
         for (item, c), res in zip(pairs, results, strict=True):
             if res.error is not None:

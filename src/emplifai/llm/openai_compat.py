@@ -217,6 +217,14 @@ class OpenAICompatClient:
     def chat(self, request: ChatRequest) -> ChatResult:
         return self.chat_many([request], desc="LLM call")[0]
 
+    def require_answers(self, results: Sequence[ChatResult]) -> None:
+        """A stage whose every request failed has nothing to score: that is a setup error (URL, model id, key),
+        not a batch of invalid answers. Failures are never cached, so the rerun after a fix retries them."""
+        if results and all(r.error for r in results):
+            raise UserError(f"all {len(results)} requests to {self.base_url} (model {self.model!r}) failed, "
+                            f"e.g. {results[0].error}; check base_url, model (the server's model id) and "
+                            "api_key_env")
+
     def chat_many(self, requests: Sequence[ChatRequest], desc: str = "LLM calls") -> list[ChatResult]:
         """One result per request, in order; failures are ChatResults with `error`, never exceptions.
 

@@ -147,6 +147,7 @@ def openai(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
         requests.append(ChatRequest(messages=messages, temperature=float(pcfg.temperature),
                                     max_tokens=int(pcfg.max_tokens), seed=pcfg.get("seed"), stop=["\n"]))
     results = client.chat_many(requests)
+    client.require_answers(results)
     clean = answer_cleaner(pcfg)
     answers = [Answer(None, "", f"API error: {r.error}") if r.error else clean(r.text) for r in results]
     ctx.metrics["emotion/api_errors"] = float(sum(bool(r.error) for r in results))
