@@ -137,6 +137,7 @@ def test_chunked_loss_gives_full_logits_gradients_to_the_adapter(smol_model, row
     lora = [p for p in model.parameters() if p.requires_grad]
 
     ours, _ = target_loss(model, batch, chunk=7)  # several chunks, the last one partial
+    assert type(ours.grad_fn.next_functions[0][0]).__name__ == "ChunkedHeadLossBackward"  # the fused path ran
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     full = torch.nn.functional.cross_entropy(logits[labels != IGNORE], labels[labels != IGNORE])

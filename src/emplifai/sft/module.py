@@ -89,10 +89,14 @@ def target_loss(model: Any, batch: dict[str, torch.Tensor], chunk: int = LOSS_CH
                   use_cache=False).last_hidden_state[:, :-1][sel]
     targets = targets[sel]
     cap = getattr(config, "final_logit_softcapping", None)
-    if type(head) is torch.nn.Linear and head.bias is None:
-        total = ChunkedHeadLoss.apply(hidden, head.weight, targets, cap, chunk, torch.is_grad_enabled())
+    weight = getattr(head, "weight", None)
+    if (type(head) is torch.nn.Linear and head.bias is None and type(weight) is torch.nn.Parameter
+            and weight.shape[-1] == hidden.shape[-1]):
+        total = ChunkedHeadLoss.apply(hidden, weight, targets, cap, chunk, torch.is_grad_enabled())
         return total / targets.numel(), int(targets.numel())
-    logits = head(hidden)  # a LoRA-wrapped or biased head: plain autograd over the target positions
+    # a LoRA-wrapped or biased head, or a sharded weight (FSDP/DeepSpeed gather it in the module call):
+    # plain autograd over the target positions
+    logits = head(hidden)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return F.cross_entropy(logits.float(), targets), int(targets.numel())
