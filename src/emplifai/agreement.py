@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from emplifai import tracking
 from emplifai.errors import UserError, reported
 from emplifai.judging.report import heatmap, metric_name, write_csv
-from emplifai.paths import atomic_path, resolve
+from emplifai.paths import atomic_path, read_table, resolve, save_figure
 from emplifai.stats import tables
 
 matplotlib.use("Agg")
@@ -78,19 +78,13 @@ def scatter(merged: pd.DataFrame, criteria: list[str], title: str, path: Path) -
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def run(cfg: DictConfig) -> dict:
     a = cfg.agreement
-    ratings_path = resolve(cfg.paths.artifacts) / "prepare" / "human_ratings.parquet"
-    if not ratings_path.exists():
-        raise UserError(f"{ratings_path} not found: agreement needs human ratings (human_ratings.* in data/)")
-    ratings = pd.read_parquet(ratings_path)
+    ratings = read_table(resolve(cfg.paths.artifacts) / "prepare" / "human_ratings.parquet",
+                         hint="agreement needs human ratings (human_ratings.* in data/)")
     judges = load_judges(cfg)
     boot = OmegaConf.to_container(a.bootstrap, resolve=True)
     if int(boot["n_resamples"]) < 1000:

@@ -27,7 +27,7 @@ from emplifai import tracking
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.errors import UserError, reported
 from emplifai.modelzoo import setup_torch
-from emplifai.paths import atomic_path, resolve, write_text
+from emplifai.paths import atomic_path, read_table, resolve, write_text
 from emplifai.predict import scoring
 from emplifai.predict.fasttext_model import Vectors, load_vectors
 from emplifai.predict.predictors import Context, Prediction, resolve_predictor
@@ -35,10 +35,7 @@ from emplifai.predict.report import write_reports
 
 
 def load_split(cfg: DictConfig, split: str) -> pd.DataFrame:
-    path = resolve(cfg.paths.artifacts) / "prepare" / f"{split}.parquet"
-    if not path.exists():
-        raise UserError(f"{path} not found: run `python -m emplifai.prepare` (or `dvc repro prepare`) first")
-    return pd.read_parquet(path)
+    return read_table(resolve(cfg.paths.artifacts) / "prepare" / f"{split}.parquet")
 
 
 def predictor_cfgs(cfg: DictConfig) -> list[DictConfig]:

@@ -1,13 +1,20 @@
-"""Path helpers: every user path resolves against the directory the user started from."""
+"""Path helpers: every user path resolves against the directory the user started from; outputs are written
+atomically; a stage reads another stage's table with an error that names what makes it."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from emplifai.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def project_root() -> Path:
@@ -66,3 +73,32 @@ def write_text(target: str | os.PathLike, text: str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(target)
+
+
+def save_figure(fig: Any, target: str | os.PathLike, dpi: int = 110) -> Path:
+    """Lay out, write the PNG atomically, and close the figure (pyplot keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return Path(target)
+
+
+PREPARE_HINT = "run `python -m emplifai.prepare` (or `dvc repro prepare`) first"
+
+
+def read_table(path: Path, columns: Sequence[str] = (), hint: str = PREPARE_HINT,
+               error: type[UserError] = UserError) -> pd.DataFrame:
+    """A stage's parquet output read back by a later stage: a missing file names what makes it, a missing
+    column names the file."""
+    import pandas as pd
+
+    if not path.exists():
+        raise error(f"{path} not found: {hint}")
+    frame = pd.read_parquet(path)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise error(f"{path}: missing column(s) {missing}")
+    return frame

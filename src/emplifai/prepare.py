@@ -22,7 +22,7 @@ from emplifai.data.splits import split_dialogues
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.data.validate import Validated, validate
 from emplifai.errors import UserError, reported
-from emplifai.paths import atomic_dir, atomic_path, resolve
+from emplifai.paths import atomic_dir, atomic_path, resolve, save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -79,18 +79,12 @@ def plot(frame: pd.DataFrame, taxonomy: Taxonomy, reports: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(11, 4.5))
     counts.plot.bar(stacked=True, ax=ax, color=["#4C72B0", "#DD8452", "#55A868"])
     ax.set(title="Dialogues per emotion and split", xlabel="", ylabel="dialogues")
-    fig.tight_layout()
-    out = [reports / "emotion_distribution.png"]
-    fig.savefig(out[0], dpi=110)
-    plt.close(fig)
+    out = [save_figure(fig, reports / "emotion_distribution.png")]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for ax, col in zip(axes, ("situation", "patient", "supporter"), strict=True):
         ax.hist(frame[col].str.len(), bins=20, color="#4C72B0")
         ax.set(title=f"{col} length (chars)", xlabel="characters", ylabel="count")
-    fig.tight_layout()
-    out.append(reports / "length_histograms.png")
-    fig.savefig(out[1], dpi=110)
-    plt.close(fig)
+    out.append(save_figure(fig, reports / "length_histograms.png"))
     return out
 
 

@@ -27,7 +27,7 @@ from emplifai import tracking
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.errors import reported
 from emplifai.modelzoo import load_causal_lm, setup_torch
-from emplifai.paths import resolve, write_text
+from emplifai.paths import resolve, save_figure, write_text
 from emplifai.sft.adapter import adapter_size, attach_lora, save_adapter
 from emplifai.sft.datamodule import SFTDataModule
 from emplifai.sft.module import SFTModule
@@ -91,11 +91,7 @@ def plot_losses(history: dict, path: Path) -> Path:
             ax.plot(steps, values, style, label=name)
     ax.set(title="LoRA SFT loss (target tokens)", xlabel="optimizer step", ylabel="cross-entropy")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def make_trainer(cfg: DictConfig, device: str, ckpt_dir: Path, logger, n_batches: int, has_val: bool):

@@ -9,6 +9,7 @@ import pandas as pd
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.errors import UserError
 from emplifai.judging.rubric import JudgeItem
+from emplifai.paths import read_table
 
 SOURCES = ("human", "generate", "rated")
 
@@ -18,13 +19,7 @@ class ItemsError(UserError):
 
 
 def _read(path: Path, columns: list[str]) -> pd.DataFrame:
-    if not path.exists():
-        raise ItemsError(f"{path} not found (run `dvc repro prepare`, or `python -m emplifai.prepare`)")
-    frame = pd.read_parquet(path)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ItemsError(f"{path}: missing column(s) {missing}")
-    return frame
+    return read_table(path, columns, error=ItemsError)
 
 
 def collect(prepare_dir: Path, generate_file: Path, taxonomy: Taxonomy, sources: list[str]

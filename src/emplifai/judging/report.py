@@ -9,7 +9,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from emplifai.paths import atomic_path
+from emplifai.paths import atomic_path, save_figure
 from emplifai.stats.agreement import spearman
 
 matplotlib.use("Agg")
@@ -61,8 +61,4 @@ def heatmap(table: pd.DataFrame, title: str, path: Path, vmin: float = 1, vmax: 
                 if not np.isnan(v) and v < (vmin + vmax) / 2 else "black", fontsize=8)
     fig.colorbar(im, ax=ax)
     ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

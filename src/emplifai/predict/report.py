@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from emplifai.data.taxonomy import Taxonomy
-from emplifai.paths import atomic_path
+from emplifai.paths import atomic_path, save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -61,11 +61,7 @@ def plot_confusion(table: pd.DataFrame, title: str, path: Path) -> Path:
                 color="white" if share[i, j] > 0.6 else "black")
     ax.set(xlabel="predicted", ylabel="gold", title=title)
     fig.colorbar(im, ax=ax, fraction=0.04, label="share of gold row")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def write_reports(pred: pd.DataFrame, taxonomy: Taxonomy, name: str, out_dir: Path) -> list[Path]:

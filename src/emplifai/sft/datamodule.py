@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from emplifai.errors import UserError
+from emplifai.paths import read_table
 from emplifai.sft.prompts import IGNORE, Encoded, PromptBuilder
 
 NEEDED = ("dialogue_id", "patient", "supporter")
@@ -26,12 +27,7 @@ class SFTDataError(UserError):
 def read_split(prepare_dir: Path, split: str, max_examples: int | None = None, seed: int = 0) -> pd.DataFrame:
     """One prepare split; `max_examples` keeps a seeded subset (same rows for every run with that seed)."""
     path = prepare_dir / f"{split}.parquet"
-    if not path.exists():
-        raise SFTDataError(f"{path} not found: run the prepare stage first (`python -m emplifai.prepare`)")
-    frame = pd.read_parquet(path)
-    missing = [c for c in NEEDED if c not in frame.columns]
-    if missing:
-        raise SFTDataError(f"{path}: missing column(s) {missing}")
+    frame = read_table(path, NEEDED, error=SFTDataError)
     bad = frame[frame["patient"].isna() | frame["supporter"].isna()]
     if len(bad):
         raise SFTDataError(f"{path}: row {int(bad.index[0])} (dialogue {bad.iloc[0]['dialogue_id']}): "
