@@ -62,7 +62,7 @@ def main() -> int:
             common = [f"paths.root={work}", f"paths.models={ROOT / 'models'}", "mlflow.enabled=false",
                       "data.raw_dir=data"]
             t_prep, m_prep = timed(["emplifai.prepare", *common], work)
-            t_emo, m_emo = timed(["emplifai.emotion", *common, "predictor=fasttext_clf"], work)
+            t_emo, m_emo = timed(["emplifai.emotion", *common, "emotion.predictors=null", "predictor=fasttext_clf"], work)
             judge = ["emplifai.judge", *common, "judge=openai", f"judge.base_url={srv.base_url}",
                      "judge.api_key_env=null", "judge.show_progress=false", "judge.concurrency=8"]
             timed(judge, work)  # fills the cache

@@ -10,13 +10,19 @@ a fixed delay, or blocking after k answers (to simulate a crash mid-run). It rec
         srv.request_count, srv.max_in_flight, srv.headers, srv.bodies
 
 Default reply: "echo: <last user message>" (choice i > 0 gets " #i"); pass `reply_fn(body) -> str` to script
-content (e.g. a judge's JSON). With `logprobs` requested, each whitespace token gets `top_logprobs` alternatives
-(`logprobs_fn(body, text)` overrides: return per-token lists of (token, logprob)).
+content (e.g. a judge's JSON), or `reply_fn(body, i) -> str | (str, finish_reason)` to script each of n choices
+(e.g. an R1 reply cut off with finish_reason "length"). With `logprobs` requested, each whitespace token gets
+`top_logprobs` alternatives (`logprobs_fn(body, text)` overrides: return per-token lists of (token, logprob)).
+`behaviour_fn(body) -> Behaviour | None` scripts faults by request content (e.g. a fixed subset that always
+gets 500); None falls through to `script` / `default`. `GET /v1/models` lists `models` (what a preflight asks).
+`reasoning_parser=True` acts like vLLM's `--reasoning-parser deepseek_r1`: `<think>…</think>` goes to
+`message.reasoning_content`, `content` is the rest (None if never closed); logprobs still cover every token.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import subprocess
 import sys
@@ -37,6 +43,12 @@ def echo_reply(body: dict) -> str:
     return f"echo: {users[-1] if users else ''}"
 
 
+class _Server(ThreadingHTTPServer):
+    # listen backlog: the stdlib default (5) resets connections when a client opens 32 at once (vLLM's
+    # server accepts thousands), which would add unscripted faults to every concurrent test
+    request_queue_size = 256
+
+
 class LLMTestServer:
     """Scriptable fake-fault server around ThreadingHTTPServer; thread-safe counters."""
 
@@ -53,7 +65,13 @@ class LLMTestServer:
         reply_fn: Callable[[dict], str] = echo_reply,
         logprobs_fn: Callable[[dict, str], list[list[tuple[str, float]]]] | None = None,
         echo_auth_in_errors: bool = False,
+        behaviour_fn: Callable[[dict], Behaviour | None] | None = None,
+        models: tuple[str, ...] = ("test-model",),
+        reasoning_parser: bool = False,
     ) -> None:
+        self.reasoning_parser = reasoning_parser
+        self.behaviour_fn = behaviour_fn
+        self.models = list(models)
         self.script = list(script or [])
         self.default = default
         self.delay_s = delay_s
@@ -73,7 +91,7 @@ class LLMTestServer:
         self.headers: list[dict[str, str]] = []
         self.bodies: list[dict] = []
         self.request_times: list[float] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = _Server(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -97,7 +115,11 @@ class LLMTestServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _next_behaviour(self) -> Behaviour:
+    def _next_behaviour(self, body: dict | None = None) -> Behaviour:
+        if self.behaviour_fn is not None and body is not None:
+            scripted = self.behaviour_fn(body)
+            if scripted is not None:
+                return scripted
         with self.lock:
             if self.script:
                 return self.script.pop(0)
@@ -108,10 +130,16 @@ class LLMTestServer:
     def completion(self, body: dict) -> dict[str, Any]:
         n = int(body.get("n", 1) or 1)
         choices = []
+        two_args = len(inspect.signature(self.reply_fn).parameters) >= 2  # reply_fn(body, i): one per choice
         for i in range(n):
-            text = self.reply_fn(body) + (f" #{i}" if i else "")
-            choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": text},
-                                      "finish_reason": "stop"}
+            out = self.reply_fn(body, i) if two_args else self.reply_fn(body) + (f" #{i}" if i else "")
+            text, finish = out if isinstance(out, tuple) else (out, "stop")
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if self.reasoning_parser:
+                head, closed, rest = text.partition("</think>")
+                message = {"role": "assistant", "reasoning_content": head.replace("<think>", ""),
+                           "content": rest if closed else None}
+            choice: dict[str, Any] = {"index": i, "message": message, "finish_reason": finish}
             if body.get("logprobs"):
                 k = int(body.get("top_logprobs") or 1)
                 if self.logprobs_fn is not None:
@@ -149,6 +177,10 @@ def _make_handler(srv: LLMTestServer) -> type[BaseHTTPRequestHandler]:
                 pass
 
         def do_GET(self) -> None:  # noqa: N802 (http.server API): counters, for a server in another process
+            if self.path.rstrip("/").endswith("/v1/models"):  # what `GET /v1/models` returns on vLLM/OpenAI
+                data = [{"id": m, "object": "model", "owned_by": "test"} for m in srv.models]
+                self._send(200, json.dumps({"object": "list", "data": data}).encode())
+                return
             if not self.path.rstrip("/").endswith("/_stats"):
                 self._send(404, b'{"error": {"message": "not found"}}')
                 return
@@ -171,7 +203,7 @@ def _make_handler(srv: LLMTestServer) -> type[BaseHTTPRequestHandler]:
                 srv.bodies.append(body)
                 srv.request_times.append(time.monotonic())
             try:
-                self._respond(body, srv._next_behaviour(), self.headers.get("Authorization", ""))
+                self._respond(body, srv._next_behaviour(body), self.headers.get("Authorization", ""))
             finally:
                 with srv.lock:
                     srv.in_flight -= 1

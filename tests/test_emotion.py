@@ -137,7 +137,8 @@ def test_per_emotion_aggregation_on_hand_made_table():
 
 @needs_models
 def test_fasttext_clf_stage_end_to_end(prepared, tmp_path):
-    cfg = prepared("predictor=fasttext_clf", "emotion.fasttext.epoch=3", "emotion.fasttext.dim=20")
+    cfg = prepared("emotion.predictors=null", "predictor=fasttext_clf", "emotion.fasttext.epoch=3",
+                   "emotion.fasttext.dim=20")
     out = emotion.run(cfg)
     pred = pd.read_parquet(tmp_path / "artifacts/emotion/fasttext_clf/predictions.parquet")
     assert len(pred) == 18 and pred["valid"].all() and (pred["method"] == "classifier").all()
@@ -162,15 +163,10 @@ def test_fasttext_clf_stage_end_to_end(prepared, tmp_path):
 def test_hf_rank_and_hf_generate_with_gemma(prepared, tmp_path):
     """Both LM predictors in one stage run (one MLflow run each), on 2 dialogues with the real Gemma."""
     cfg = prepared("emotion.predictors=[hf_rank,hf_generate]", "emotion.max_items=2",
-                   "emotion.fasttext.epoch=2", "emotion.fasttext.dim=20")
-    cfg.emotion.predictor_dir = str(tmp_path / "predictor")
-    (tmp_path / "predictor").mkdir()
-    from omegaconf import OmegaConf
-
-    for name, extra in (("hf_rank", {}), ("hf_generate", {"max_new_tokens": 3, "batch_size": 2})):
-        p = OmegaConf.merge(OmegaConf.load(ROOT / "conf/predictor" / f"{name}.yaml"), extra)
-        p.prompt.few_shot = 0  # zero-shot keeps the CPU test short; the stage default is few-shot
-        OmegaConf.save(p, tmp_path / "predictor" / f"{name}.yaml")
+                   "emotion.fasttext.epoch=2", "emotion.fasttext.dim=20",
+                   # zero-shot keeps the CPU test short (the stage default is few-shot): emotion.overrides
+                   "++emotion.overrides.hf_rank.prompt.few_shot=0", "++emotion.overrides.hf_generate.prompt.few_shot=0",
+                   "++emotion.overrides.hf_generate.max_new_tokens=3", "++emotion.overrides.hf_generate.batch_size=2")
     emotion.run(cfg)
     rank = pd.read_parquet(tmp_path / "artifacts/emotion/hf_rank/predictions.parquet")
     assert len(rank) == 2 and rank["valid"].all() and (rank["method"] == "rank").all()
@@ -224,10 +220,12 @@ def test_openai_predictor_against_transformers_serve(prepared, tmp_path, real_ll
 
 def _openai_cfg(prepared, base_url: str, tmp_path, **extra):
     over = [f"predictor.{k}={v}" for k, v in extra.items()]
-    return prepared("predictor=openai", f"predictor.base_url={base_url}", "predictor.api_key_env=null",
+    return prepared("predictor=openai", f"predictor.base_url={base_url}", "predictor.model=test-model",
+                    "predictor.api_key_env=null",
                     "predictor.timeout_s=1", "predictor.max_retries=2", "predictor.backoff_s=0.01",
                     "predictor.show_progress=false", f"predictor.cache={tmp_path}/llm.sqlite",
-                    "emotion.max_items=6", "emotion.fasttext.epoch=2", "emotion.fasttext.dim=20", *over)
+                    "emotion.max_items=6", "emotion.fasttext.epoch=2", "emotion.fasttext.dim=20",
+                    "predictor.max_failure_rate=null", "emotion.predictors=null", *over)
 
 
 @needs_models

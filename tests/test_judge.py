@@ -161,12 +161,14 @@ def judge_reply(body: dict) -> str:
 
 
 def openai_overrides(srv: LLMTestServer, *extra: str) -> list[str]:
-    return ["judge=openai", f"judge.base_url={srv.base_url}", "judge.api_key_env=null", "judge.max_items=4",
+    return ["judge=openai", f"judge.base_url={srv.base_url}", "judge.model=test-model", "judge.api_key_env=null",
+            "judge.max_items=4",
             "judge.show_progress=false", "judge.timeout_s=2", "mlflow.enabled=false", *FAST, *extra]
 
 
 def test_openai_judge_parse_failures_retries_cache_and_isolation(jcfg, tmp_path):
-    with LLMTestServer(reply_fn=judge_reply, script=["429", "500", "malformed"], retry_after=0.05) as srv:
+    with LLMTestServer(reply_fn=judge_reply, script=["429", "500", "malformed"], retry_after=0.05,
+                       models=("test-model", "another-judge")) as srv:
         m = judge.run(jcfg(*openai_overrides(srv)))
         scores = pd.read_parquet(tmp_path / "artifacts" / "judge" / "openai" / "scores.parquet")
         assert len(scores) == 28 and srv.request_count == 28 + 3  # three faults retried, none dropped
@@ -213,7 +215,7 @@ def test_openai_every_request_failing_is_a_setup_error(jcfg, tmp_path):
 def test_openai_hang_past_timeout_is_nan_not_abort(jcfg, tmp_path):
     with LLMTestServer(reply_fn=judge_reply, script=["hang"], hang_s=5) as srv:
         m = judge.run(jcfg(*openai_overrides(srv, "judge.max_items=1", "judge.max_retries=0", "judge.timeout_s=0.5",
-                                             "judge.concurrency=1")))
+                                             "judge.concurrency=1", "judge.max_failure_rate=null")))
     scores = pd.read_parquet(tmp_path / "artifacts" / "judge" / "openai" / "scores.parquet")
     assert len(scores) == 7 and scores["detail"].str.startswith("error: timeout").sum() == 1
     assert m["judge/responses"] == 1
@@ -256,7 +258,7 @@ def test_api_key_never_in_mlflow_logs_or_reports(tmp_path, prepared):
         proc = subprocess.run([sys.executable, "-m", "emplifai.judge", f"paths.root={tmp_path}",
                                f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
                                *[o for o in openai_overrides(srv) if o not in ("judge.api_key_env=null", "mlflow.enabled=false")],
-                               "judge.max_retries=0"], capture_output=True, text=True, env=env, cwd=tmp_path)
+                               "judge.max_retries=0", "judge.max_failure_rate=null"], capture_output=True, text=True, env=env, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert all(h.get("Authorization") == f"Bearer {key}" for h in srv.headers)  # the key was really used
     assert key not in proc.stdout + proc.stderr

@@ -64,10 +64,12 @@ def test_replies_parsed_in_order_with_logprobs_and_params_sent() -> None:
 
 
 def test_parse_completion_shapes() -> None:
-    texts, lps = parse_completion({"choices": [{"index": 1, "message": {"content": "b"}},
-                                               {"index": 0, "message": {"content": None}}]})
+    texts, lps, finish = parse_completion({"choices": [
+        {"index": 1, "message": {"content": "b"}, "finish_reason": "length"},
+        {"index": 0, "message": {"content": None}, "finish_reason": "stop"}]})
     assert texts == ["", "b"] and lps is None  # sorted by index; a None content (refusal) is ""
-    _, lps = parse_completion({"choices": [{"message": {"content": "4"}, "logprobs": {"content": [
+    assert finish == ["stop", "length"]
+    _, lps, _ = parse_completion({"choices": [{"message": {"content": "4"}, "logprobs": {"content": [
         {"token": "4", "logprob": -0.2, "top_logprobs": [{"token": "4", "logprob": -0.2},
                                                          {"token": "5", "logprob": -1.9}]}]}}]})
     assert lps == [[{"4": -0.2, "5": -1.9}]]
@@ -281,3 +283,56 @@ def test_from_config() -> None:
     assert client.payload(req("a"))["top_k"] == 1 and client.cache_namespace == "emotion/openai/qwen"
     with pytest.raises(UserError, match="missing model"):
         OpenAICompatClient.from_config(OmegaConf.create({"base_url": "http://x/v1"}))
+
+
+# ---------------------------------------------------------------- run-level failure accounting
+def test_tokens_and_finish_reasons_come_back_from_the_cache(tmp_path: Path) -> None:
+    """The judge maps the score's characters to tokens: the sampled tokens must survive the cache too."""
+    cache = tmp_path / "llm.sqlite"
+    with LLMTestServer(reply_fn=lambda body, i: ("a b", "length")) as srv:
+        ask = req("x", logprobs=True, top_logprobs=2)
+        first = OpenAICompatClient(srv.base_url, "m", cache_path=cache, **FAST).chat(ask)
+        again = OpenAICompatClient(srv.base_url, "m", cache_path=cache, **FAST).chat(ask)
+    assert first.tokens == [["a", "b"]] and first.finish_reasons == ["length"]
+    assert again.cached and again.tokens == first.tokens and again.finish_reasons == ["length"]
+
+
+def test_circuit_opens_on_a_dead_server_and_stops_sending() -> None:
+    srv = LLMTestServer()
+    url = srv.base_url
+    srv.stop()  # connection refused from now on
+    client = OpenAICompatClient(url, "m", max_retries=5, backoff_s=1.0, concurrency=4, show_progress=False)
+    start = time.monotonic()
+    results = client.chat_many([req(f"q{i}") for i in range(40)])
+    assert time.monotonic() - start < 3  # without the breaker: 40 requests × up to 5 backoffs each
+    assert all(r.error for r in results)
+    opened = [r for r in results if r.error.startswith("circuit open: 5 consecutive connection errors")]
+    assert len(opened) >= 36 and "(last: connection error: ConnectError" in opened[0].error
+    assert client.stats["requests_sent"] <= 5 + 4  # the streak, plus at most the ones already in flight
+
+
+def test_http_5xx_never_opens_the_circuit() -> None:
+    with LLMTestServer(default="500") as srv:  # the server is there, just sick: retried, never "circuit open"
+        client = OpenAICompatClient(srv.base_url, "m", max_retries=2, max_consecutive_connection_errors=2,
+                                    concurrency=2, **FAST)
+        results = client.chat_many([req(f"q{i}") for i in range(4)])
+    assert srv.request_count == 4 * 3 and all(r.error.startswith("HTTP 500") for r in results)
+
+
+def test_check_failures_failure_budget() -> None:
+    from emplifai.llm import ChatResult
+
+    ok, bad = ChatResult(["4"], None, None), ChatResult([], None, "HTTP 500: boom (gave up after 6 attempts)")
+    client = OpenAICompatClient("http://127.0.0.1:9/v1", "m", max_failure_rate=0.25)
+    client.check_failures([ok, ok, ok, bad])  # 25%: within the budget
+    with pytest.raises(UserError, match=r"^2 of 4 requests .* failed after retries \(50\.0% > max_failure_rate "
+                                        r"25\.0%\); first error: HTTP 500: boom .*rerun asks only for the failed"):
+        client.check_failures([ok, bad, ok, bad])
+    with pytest.raises(UserError, match=r"^all 2 requests .* failed, e\.g\. HTTP 500: boom.*check base_url"):
+        client.check_failures([bad, bad])
+    OpenAICompatClient("http://x/v1", "m", max_failure_rate=None).check_failures([ok, bad, bad])  # no limit
+    with pytest.raises(UserError, match="max_failure_rate must be in"):
+        OpenAICompatClient("http://x/v1", "m", max_failure_rate=2)
+    cfg = {"base_url": "http://x/v1", "model": "m", "max_failure_rate": None, "max_consecutive_connection_errors": 0}
+    c = OpenAICompatClient.from_config(cfg)
+    assert c.max_failure_rate is None and c.max_consecutive_connection_errors is None  # both off

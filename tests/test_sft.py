@@ -222,7 +222,7 @@ def test_every_study_model_config_composes(name):
     cfg = compose_cfg([f"model={name}", "train.epochs=3"])
     assert cfg.model.name == name and cfg.model.chat_format in ("plain", "chat_template")
     assert list(cfg.train.lora.target_modules) == list(cfg.model.lora_target_modules)
-    assert cfg.generate.adapters[0].endswith("sft/default") and cfg.train.epochs == 3
+    assert cfg.generate.adapters == "sweep" and cfg.train.epochs == 3
 
 
 def tiny(tmp_path: Path) -> list[str]:
@@ -264,7 +264,8 @@ def test_train_resumes_then_generate_writes_every_system(tmp_path):
     assert {"val/loss", "train/lr", "train/target_tokens_per_s", "train/peak_mem_mb", "train/adapter_mb"} \
         <= set(runs[1].data.metrics)
 
-    out = gen_stage.run(compose_cfg(tiny(tmp_path) + ["generate.max_examples=2", "generate.max_new_tokens=4"]))
+    out = gen_stage.run(compose_cfg(tiny(tmp_path) + ["generate.max_examples=2", "generate.max_new_tokens=4",
+                                                      f"generate.adapters=[{adapter}]"]))
     frame = pd.read_parquet(tmp_path / "artifacts" / "generate" / "responses.parquet")
     assert list(frame.columns) == gen_stage.COLUMNS and len(frame) == 4
     assert set(frame["system"]) == {"smollm2-135m+base+patient_only", "smollm2-135m+default+patient_only"}

@@ -23,7 +23,7 @@ import matplotlib
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from emplifai import tracking
+from emplifai import preflight, tracking
 from emplifai.errors import UserError, reported
 from emplifai.judging.report import heatmap, metric_name, write_csv
 from emplifai.paths import atomic_path, read_table, resolve, save_figure
@@ -82,6 +82,7 @@ def scatter(merged: pd.DataFrame, criteria: list[str], title: str, path: Path) -
 
 
 def run(cfg: DictConfig) -> dict:
+    preflight.check(cfg, "agreement")
     a = cfg.agreement
     ratings = read_table(resolve(cfg.paths.artifacts) / "prepare" / "human_ratings.parquet",
                          hint="agreement needs human ratings (human_ratings.* in data/)")

@@ -1,9 +1,10 @@
 """Stage `emotion`: predict the patient's emotion on the test split, score it against the gold label.
 
-    python -m emplifai.emotion                                    # the `predictor` group's choice (fasttext_clf)
-    python -m emplifai.emotion predictor=hf_rank model=smollm2-135m emotion.max_items=5
-    python -m emplifai.emotion 'emotion.predictors=[fasttext_clf,hf_rank]'   # one MLflow run per predictor
-    python -m emplifai.emotion -m predictor=fasttext_clf,hf_rank,hf_generate  # Hydra multirun
+    python -m emplifai.emotion                                    # emotion.predictors (fasttext_clf, hf_rank)
+    python -m emplifai.emotion emotion.predictors=null predictor=hf_rank model=smollm2-135m emotion.max_items=5
+    python -m emplifai.emotion 'emotion.predictors=[fasttext_clf,hf_generate]'   # one MLflow run per predictor
+    python -m emplifai.emotion -m emotion.predictors=null predictor=fasttext_clf,hf_rank,hf_generate  # multirun
+    dvc exp run -S predictor=hf_rank -S predictor.calibrate=false   # tune a listed predictor (see predictor_cfgs)
 
 Per predictor: artifacts/emotion/<predictor>/{predictions.parquet,metrics.json} and
 reports/emotion/<predictor>/{per_emotion.csv,confusion.csv,confusion.png}; reports/emotion/metrics.json
@@ -23,7 +24,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from emplifai import tracking
+from emplifai import preflight, tracking
+from emplifai.config import compose_option, option_values
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.errors import UserError, reported
 from emplifai.modelzoo import setup_torch
@@ -39,21 +41,43 @@ def load_split(cfg: DictConfig, split: str) -> pd.DataFrame:
 
 
 def predictor_cfgs(cfg: DictConfig) -> list[DictConfig]:
-    """One full config per predictor: `emotion.predictors` names read from `emotion.predictor_dir`."""
-    names = cfg.emotion.get("predictors")
-    if not names:
-        return [cfg]
+    """One full config per predictor to run, each with its own `predictor` node (its MLflow run logs it).
+
+    `emotion.predictors: null` runs the `predictor` group's choice. A list runs those names: the one equal to
+    `predictor.name` takes cfg.predictor as composed (so `predictor.<key>=…`, e.g. `dvc exp run -S`, reaches
+    it), every other name is conf/predictor/<name>.yaml composed by Hydra. `emotion.overrides.<name>` (a
+    mapping) is merged over that predictor last, so any listed predictor can be tuned, several at once.
+    """
+    chosen = str(cfg.predictor.name)
+    names = [str(n) for n in cfg.emotion.get("predictors") or [chosen]]
+    if chosen not in names and _tuned(cfg, chosen):
+        raise UserError(f"predictor={chosen} has its own settings but is not in emotion.predictors={names}, so "
+                        f"they would be ignored: add {chosen} to the list, or set emotion.predictors=null to "
+                        f"run only it (to tune a listed predictor: predictor=<name> predictor.<key>=…, or "
+                        f"++emotion.overrides.<name>.<key>=…)")
+    extra = cfg.emotion.get("overrides") or {}
+    unknown = sorted(set(extra) - set(names))
+    if unknown:
+        raise UserError(f"emotion.overrides names {unknown}, which are not in emotion.predictors={names}")
     out = []
-    for name in names:
-        path = resolve(cfg.emotion.predictor_dir) / f"{name}.yaml"
-        if not path.exists():
-            raise UserError(f"emotion.predictors: {path} not found (names are files in emotion.predictor_dir)")
-        one = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-        one.predictor = OmegaConf.load(path)
-        if not cfg.mlflow.get("run_name"):
+    for name in dict.fromkeys(names):
+        one = (OmegaConf.create(OmegaConf.to_container(cfg, resolve=False)) if name == chosen
+               else compose_option(cfg, "predictor", name))
+        if extra.get(name):
+            one.predictor = OmegaConf.merge(one.predictor, extra[name])
+        if cfg.emotion.get("predictors") and not cfg.mlflow.get("run_name"):
             one.mlflow.run_name = f"emotion predictor={name}"
         out.append(one)
     return out
+
+
+def _tuned(cfg: DictConfig, name: str) -> bool:
+    """Does cfg.predictor differ from conf/predictor/<name>.yaml (or is there no such option)?"""
+    try:
+        conf = option_values(cfg, "predictor", name)
+    except UserError:
+        return True
+    return conf != OmegaConf.to_container(cfg.predictor, resolve=True)
 
 
 def to_frame(preds: list[Prediction], test: pd.DataFrame, taxonomy: Taxonomy, name: str) -> pd.DataFrame:
@@ -120,6 +144,7 @@ def run_predictor(cfg: DictConfig, test: pd.DataFrame, train: pd.DataFrame, val:
 
 
 def run(cfg: DictConfig) -> dict:
+    preflight.check(cfg, "emotion")
     device = setup_torch(cfg)
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     train, val = load_split(cfg, "train"), load_split(cfg, "val")

@@ -1,8 +1,12 @@
 """Stage `generate`: base model and fine-tuned adapters answer the same test prompts, same seeded decoding.
 
-    python -m emplifai.generate                                    # base + models/sft/default (the DVC adapter)
-    python -m emplifai.generate 'generate.adapters=[models/sft/epochs=1,models/sft/epochs=2]'
+    python -m emplifai.generate                                    # base + the train sweep's adapters (= dvc repro)
+    python -m emplifai.generate 'generate.adapters=["models/sft/epochs=1","models/sft/epochs=3"]'
+    python -m emplifai.generate 'generate.adapters=[sweep,"models/sft/prompt=no_emotion"]'
     python -m emplifai.generate generate.include_base=false generate.do_sample=true
+
+Adapter folders are named like Hydra overrides (`epochs=1`), and `=` only parses inside a quoted string
+of a Hydra override, hence the double quotes within the single-quoted argument.
 
 Output: ${paths.artifacts}/generate/responses.parquet (response_id, dialogue_id, system, response, n_tokens,
 seconds), what the judge stage scores; per-system metrics (length vs the human supporter turns — the study
@@ -20,7 +24,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from emplifai import tracking
+from emplifai import preflight, tracking
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.errors import UserError, reported
 from emplifai.modelzoo import encoder_dir, load_causal_lm, setup_torch
@@ -29,8 +33,24 @@ from emplifai.sft.adapter import adapter_meta, load_adapter
 from emplifai.sft.datamodule import read_split
 from emplifai.sft.generation import bertscore_f1, distinct_n, generate
 from emplifai.sft.prompts import PromptBuilder
+from emplifai.sft.runs import sweep_run_names
 
 COLUMNS = ["response_id", "dialogue_id", "system", "response", "n_tokens", "seconds"]
+SWEEP = "sweep"  # generate.adapters entry: every adapter of the train sweep
+
+
+def adapter_dirs(cfg: DictConfig) -> list[Path]:
+    """The adapter folders `generate.adapters` names, in order: `sweep` (alone, or as a list entry) expands
+    to ${paths.models}/sft/<run name> of each run of train.sweep (named as train names them), any other entry
+    is a folder. Resolved from the config, never by listing models/sft/, so an adapter left over from an
+    older sweep or a hand run is never picked up."""
+    spec = cfg.generate.get("adapters")
+    entries = [spec] if isinstance(spec, str) else list(spec or [])
+    dirs: list[Path] = []
+    for entry in entries:
+        dirs += ([resolve(cfg.paths.models) / "sft" / name for name in sweep_run_names(cfg)]
+                 if str(entry) == SWEEP else [resolve(str(entry))])
+    return list(dict.fromkeys(dirs))
 
 
 def metric_key(system: str) -> str:
@@ -52,13 +72,14 @@ def system_metrics(frame: pd.DataFrame, refs: pd.Series, cfg: DictConfig) -> dic
 
 
 def run(cfg: DictConfig) -> dict:
+    preflight.check(cfg, "generate")
     device = setup_torch(cfg)
     g = cfg.generate
     prepare_dir = resolve(cfg.paths.artifacts) / "prepare"
     data = read_split(prepare_dir, str(g.split), g.get("max_examples"), int(cfg.seed))
     if data.empty:
         raise UserError(f"{prepare_dir / (str(g.split) + '.parquet')} has no rows to generate for")
-    adapters = [resolve(a) for a in (g.adapters or [])]
+    adapters = adapter_dirs(cfg)
     for a in adapters:
         adapter_meta(a)  # fail before loading the model when an adapter folder is missing
     if not adapters and not g.include_base:

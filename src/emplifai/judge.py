@@ -17,32 +17,29 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 
 import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from emplifai import tracking
+from emplifai import preflight, tracking
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.errors import UserError, reported
 from emplifai.judging import items as items_mod
 from emplifai.judging.report import SCORE_COLUMNS, heatmap, length_bias, metric_name, summary, write_csv
 from emplifai.judging.rubric import PromptBuilder, Rubric
-from emplifai.paths import atomic_path, project_root, resolve
+from emplifai.paths import atomic_path, resolve
 
 
 def judge_model_cfg(cfg: DictConfig) -> dict:
-    """hf_local's `judge.model`: the root model config if it has that name, else conf/model/<name>.yaml."""
-    name = cfg.judge.model
+    """hf_local's `judge.model`: the root `model` config if it has that name (so `model.<key>=…` overrides
+    reach the judge too), else the `model` group option of that name, composed by Hydra from conf/."""
+    from emplifai.config import option_values
+
+    name = str(cfg.judge.model)
     if name == cfg.model.get("name"):
         return OmegaConf.to_container(cfg.model, resolve=True)
-    candidates = [root / "conf" / "model" / f"{name}.yaml" for root in (project_root(), Path(__file__).parents[2])]
-    path = next((p for p in candidates if p.exists()), candidates[0])
-    if not path.exists():
-        raise UserError(f"judge.model={name!r}: no {path} (name a conf/model/*.yaml)")
-    merged = OmegaConf.merge({"paths": cfg.paths}, {"model": OmegaConf.load(path)})
-    return OmegaConf.to_container(merged.model, resolve=True)
+    return option_values(cfg, "model", name)
 
 
 def make_backend(cfg: DictConfig, builder: PromptBuilder):
@@ -79,13 +76,22 @@ def build_frame(items: list, grades: list, judge_name: str) -> pd.DataFrame:
 
 
 def metrics_of(scores: pd.DataFrame, rubric: Rubric) -> tuple[dict, dict]:
+    """Means per system × criterion and failure accounting. `parse_failure_rate`: any grade without a score;
+    the counts split it by cause (detail prefix): `api_errors` (request failed after retries), `truncated`
+    (cut off at max_tokens / never left <think>), `parse_failures` (complete reply, no valid score)."""
     metrics: dict[str, float] = {}
     reasons: dict[str, str] = {}
+    detail = scores["detail"].astype(str)
     failures = ~scores["parse_ok"]
     metrics["judge/parse_failure_rate"] = float(failures.mean()) if len(scores) else math.nan
+    metrics["judge/api_errors"] = int(detail.str.startswith("error:").sum())
+    metrics["judge/truncated"] = int((failures & detail.str.startswith("truncated")).sum())
     for c in rubric.keys:
         f = scores[scores["criterion"] == c]
         metrics[f"judge/{c}/parse_failure_rate"] = float((~f["parse_ok"]).mean()) if len(f) else math.nan
+        fd = f["detail"].astype(str)
+        metrics[f"judge/{c}/parse_failures"] = int((~f["parse_ok"] & fd.str.startswith("failed:")).sum())
+        metrics[f"judge/{c}/truncated"] = int((~f["parse_ok"] & fd.str.startswith("truncated")).sum())
         for system, s in f.groupby("system"):
             name = f"judge/{c}/mean_{metric_name(system)}"
             metrics[name] = float(s["score"].mean())
@@ -98,6 +104,7 @@ def metrics_of(scores: pd.DataFrame, rubric: Rubric) -> tuple[dict, dict]:
 
 
 def run(cfg: DictConfig) -> dict:
+    preflight.check(cfg, "judge")
     j = cfg.judge
     rubric = Rubric.from_config(j)
     builder = PromptBuilder(j.prompt, rubric)
@@ -151,8 +158,9 @@ def run(cfg: DictConfig) -> dict:
         for path in files:
             run_.log_artifact(path, f"judge/{j.name}")
     print(f"judge {j.name}: {len(items)} responses × {len(rubric.keys)} criteria in {seconds:.1f}s "
-          f"({metrics['judge/model_calls']} model calls, {metrics['judge/cache_hits']} cached); parse failures "
-          f"{metrics['judge/parse_failure_rate']:.1%} → {out}")
+          f"({metrics['judge/model_calls']} model calls, {metrics['judge/cache_hits']} cached); no score "
+          f"{metrics['judge/parse_failure_rate']:.1%} ({metrics['judge/api_errors']} API errors, "
+          f"{metrics['judge/truncated']} truncated) → {out}")
     return metrics
 
 

@@ -11,34 +11,35 @@ a `packaged:` block; the folder is `<materialize.out_dir>/<name>`, which is wher
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
+from emplifai.config import group_options, option_values
 from emplifai.errors import UserError, reported
 from emplifai.modelzoo.load import setup_torch
 from emplifai.modelzoo.materialize import materialize
 from emplifai.paths import resolve
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("model", "encoder")
 
 
 def packaged_specs(cfg: DictConfig, names: list[str]) -> dict[str, dict[str, Any]]:
-    """name -> its `packaged:` block, read from the model/encoder group file of that name."""
+    """name -> its `packaged:` block, from the model or encoder group option of that name (composed by Hydra
+    from conf/, so the blocks the DVC stage reads are its `conf/model` and `conf/encoder` deps)."""
+    options = {g: set(group_options(cfg, g)) for g in GROUPS}
     specs: dict[str, dict[str, Any]] = {}
     for name in names:
-        files = [CONF_DIR / g / f"{name}.yaml" for g in GROUPS if (CONF_DIR / g / f"{name}.yaml").exists()]
-        if not files:
+        group = next((g for g in GROUPS if name in options[g]), None)
+        if group is None:
             raise UserError(f"materialize: no conf/model/{name}.yaml or conf/encoder/{name}.yaml")
-        entry = OmegaConf.merge({"paths": cfg.paths}, {"m": OmegaConf.load(files[0])})
-        if "packaged" not in entry.m:
-            raise UserError(f"{files[0]} has no `packaged:` block: {name} is not shipped on PyPI "
-                            f"(download it and set model.path=...)")
-        specs[name] = OmegaConf.to_container(entry.m.packaged, resolve=True)
+        entry = option_values(cfg, group, name)
+        if "packaged" not in entry:
+            raise UserError(f"{group}={name} has no `packaged:` block: {name} is not shipped on PyPI "
+                            f"(download it and set {group}.path=...)")
+        specs[name] = entry["packaged"]
     return specs
 
 

@@ -16,7 +16,7 @@ import matplotlib
 import pandas as pd
 from omegaconf import DictConfig
 
-from emplifai import tracking
+from emplifai import preflight, tracking
 from emplifai.data.schema import SPLIT_COLUMNS
 from emplifai.data.splits import split_dialogues
 from emplifai.data.taxonomy import Taxonomy
@@ -98,6 +98,7 @@ def write_outputs(frame: pd.DataFrame, result: Validated, out_dir: Path) -> None
                 result.tables[name].to_parquet(tmp / f"{name}.parquet", index=False)
 
 def run(cfg: DictConfig) -> dict:
+    preflight.check(cfg, "prepare")
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     raw_dir = resolve(cfg.data.raw_dir)
     if not raw_dir.is_dir():

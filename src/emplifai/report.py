@@ -17,11 +17,12 @@ from typing import Any
 
 import hydra
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from emplifai import tracking
+from emplifai import preflight, tracking
 from emplifai.errors import reported
 from emplifai.paths import resolve, write_text
+from emplifai.sft.runs import sweep_run_names
 
 Block = tuple[str, Any]  # ("h2"|"h3"|"p", str) | ("table", DataFrame) | ("img", Path)
 STAGES = ("prepare", "models", "emotion", "train", "generate", "judge", "agreement")
@@ -94,9 +95,14 @@ def emotion_section(reports: Path) -> list[Block]:
     return blocks
 
 
-def folder_sections(base: Path, title: str, tables: tuple[str, ...], images: tuple[str, ...]) -> list[Block]:
-    """One sub-section per folder under reports/<stage>/ (one per adapter, judge, ...)."""
-    folders = sorted({p.parent for pattern in ("*/metrics.json", "metrics.json") for p in base.glob(pattern)})
+def folder_sections(base: Path, title: str, tables: tuple[str, ...], images: tuple[str, ...],
+                    names: list[str] | None = None) -> list[Block]:
+    """One sub-section per folder under reports/<stage>/ (one per adapter, judge, ...): the named ones only
+    where a stage has several runs, so a stale folder that is no DVC dep never reaches the report."""
+    if names is not None:
+        folders = [base / n for n in names if (base / n / "metrics.json").exists()]
+    else:
+        folders = sorted({p.parent for pattern in ("*/metrics.json", "metrics.json") for p in base.glob(pattern)})
     if not folders:
         return [("p", f"No {title} results.")]
     blocks: list[Block] = []
@@ -113,16 +119,12 @@ def folder_sections(base: Path, title: str, tables: tuple[str, ...], images: tup
     return blocks
 
 
-def sweep_section(cfg: DictConfig, version: str) -> list[Block]:
-    """Validation loss per epoch for every train run of this data version (a sweep lines up here)."""
-    rows = []
-    for run in tracking.find_runs(cfg, "train", version):
-        key = next((k for k in run["metrics"] if "val" in k and "loss" in k and "best" not in k), None)
-        if key:
-            history = tracking.metric_history(cfg, run["run_id"], key)
-            rows.append({"run": run["run_name"], "run_id": run["run_id"],
-                         **{f"step {s}": round(v, 4) for s, v in history}})
-    return [("table", pd.DataFrame(rows))] if rows else [("p", "No training runs for this data version.")]
+def epoch_section(cfg: DictConfig, reports: Path) -> list[Block]:
+    """The study's 1–3 epoch design: val loss per epoch and judge score per epoch, base and human beside."""
+    from emplifai import epochs
+
+    boot = OmegaConf.to_container(cfg.agreement.bootstrap, resolve=True)
+    return epochs.section(resolve(cfg.paths.artifacts), reports, boot, sweep_run_names(cfg), [str(cfg.judge.name)])
 
 
 def runs_section(cfg: DictConfig, version: str) -> list[Block]:
@@ -165,6 +167,7 @@ def to_html(blocks: list[Block]) -> str:
 
 
 def run(cfg: DictConfig) -> dict:
+    preflight.check(cfg, "report")
     reports = resolve(cfg.paths.reports)
     version = tracking.data_version(cfg.data.raw_dir)
     blocks: list[Block] = [
@@ -173,10 +176,11 @@ def run(cfg: DictConfig) -> dict:
               "MLflow runs listed at the end."),
         ("h2", "Dataset"), *dataset_section(reports),
         ("h2", "Emotion prediction (reverse engineering)"), *emotion_section(reports),
-        ("h2", "SFT: validation loss per step"), *sweep_section(cfg, version),
-        *folder_sections(reports / "train", "adapter", (), ("loss.png",)),
+        ("h2", "SFT adapters"), *folder_sections(reports / "train", "adapter", (), ("loss.png",),
+                                                 sweep_run_names(cfg)),
         ("h2", "Generated responses"), *folder_sections(reports / "generate", "generate", (), ()),
-        ("h2", "LLM-as-a-judge"), *judge_section(reports),
+        ("h2", "LLM-as-a-judge"), *judge_section(reports, str(cfg.judge.name)),
+        ("h2", "Epoch comparison"), *epoch_section(cfg, reports),
         ("h2", "Judge–human agreement"), *agreement_section(reports),
         ("h2", "MLflow runs behind these numbers"), *runs_section(cfg, version),
     ]
@@ -185,6 +189,8 @@ def run(cfg: DictConfig) -> dict:
     with tracking.stage_run(cfg, "report") as run_:
         run_.log_artifact(reports / "summary.md", "report")
         run_.log_artifact(reports / "summary.html", "report")
+        if (reports / "epochs").is_dir():
+            run_.log_artifact(reports / "epochs", "report/epochs")
     print(f"report: {reports / 'summary.md'} and {reports / 'summary.html'}")
     return {"report/sections": float(sum(1 for k, _ in blocks if k == "h2"))}
 
@@ -218,12 +224,12 @@ def agreement_section(reports: Path) -> list[Block]:
     return blocks + [("img", p) for p in sorted(folder.glob("*.png"))]
 
 
-def judge_section(reports: Path) -> list[Block]:
-    """Per judge: criterion × system mean with a t-interval 95% CI over responses, then length bias."""
+def judge_section(reports: Path, judge: str) -> list[Block]:
+    """The configured judge: criterion × system mean with a t-interval 95% CI over responses, then length bias."""
     from scipy import stats
 
     blocks: list[Block] = []
-    for summary in sorted((reports / "judge").glob("*/summary.csv")):
+    for summary in [p for p in [reports / "judge" / judge / "summary.csv"] if p.exists()]:
         frame = pd.read_csv(summary)
         half = frame.apply(lambda r: stats.t.ppf(0.975, r["n"] - 1) * r["std"] / math.sqrt(r["n"])
                            if r["n"] > 1 else float("nan"), axis=1)

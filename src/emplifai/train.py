@@ -1,9 +1,10 @@
 """Stage `train`: LoRA fine-tuning of `cfg.model` on the prepare splits (Lightning + peft).
 
-    python -m emplifai.train                                 # the DVC default: adapter -> models/sft/default
+    python -m emplifai.train                                 # one run: adapter -> models/sft/default
     python -m emplifai.train -m train.epochs=1,2,3           # sweep: MLflow parent + 3 children, 3 adapters
     python -m emplifai.train model=smollm2-135m prompt=no_emotion train.max_examples=null
-    dvc exp run -S train.epochs=2                            # the DVC way (params.yaml recomposed from conf/)
+    dvc repro                                                # the sweep train.sweep.epochs: stages train@<k>
+                                                             #   = `train.epochs=<k>` -> models/sft/epochs=<k>
 
 Rerunning the same command resumes from `${paths.artifacts}/train/<run name>/last.ckpt` when the config,
 data and training code are unchanged (an interrupted run continues; a finished one only re-exports).
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -23,8 +23,9 @@ import lightning.pytorch as pl
 import matplotlib
 from omegaconf import DictConfig, OmegaConf
 
-from emplifai import tracking
+from emplifai import preflight, tracking
 from emplifai.data.taxonomy import Taxonomy
+from emplifai.epochs import val_loss_per_epoch
 from emplifai.errors import reported
 from emplifai.modelzoo import load_causal_lm, setup_torch
 from emplifai.paths import resolve, save_figure, write_text
@@ -32,29 +33,19 @@ from emplifai.sft.adapter import adapter_size, attach_lora, save_adapter
 from emplifai.sft.datamodule import SFTDataModule
 from emplifai.sft.module import SFTModule
 from emplifai.sft.prompts import PromptBuilder
+from emplifai.sft.runs import run_slug  # the run name: also how generate finds the sweep's adapters
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-NO_SLUG = {"threads", "device", "train.resume", "train.num_workers"}  # do not change what is learned
 CODE = [Path(__file__), *sorted((Path(__file__).parent / "sft").glob("*.py"))]
-
-
-def run_slug(cfg: DictConfig) -> str:
-    """Folder name of this run's adapter/checkpoints: train.run_name, else the overrides, else "default"."""
-    if cfg.train.get("run_name"):
-        name = str(cfg.train.run_name)
-    else:
-        keep = [o for o in tracking._hydra_context()[1] if o.split("=")[0].lstrip("+~") not in NO_SLUG]
-        name = tracking.run_name("", keep).strip().replace("train.", "")
-    name = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", name.replace(" ", "_")).strip("._")
-    return name[:120] or "default"
 
 
 def fingerprint(cfg: DictConfig, prepare_dir: Path) -> str:
     """What must match for a checkpoint to be resumed: training config, model, prompt, data and code."""
     keys = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("train", "model", "prompt")}
-    keys["train"] = {k: v for k, v in keys["train"].items() if k not in ("resume", "run_name", "num_workers")}
+    keys["train"] = {k: v for k, v in keys["train"].items()
+                     if k not in ("resume", "run_name", "num_workers", "sweep")}  # sweep: which runs, not how
     h = hashlib.sha256(json.dumps([keys, cfg.seed], sort_keys=True, default=str).encode())
     for f in [prepare_dir / "train.parquet", prepare_dir / "val.parquet", *CODE]:
         h.update(f.read_bytes() if f.exists() else b"-")
@@ -110,6 +101,7 @@ def make_trainer(cfg: DictConfig, device: str, ckpt_dir: Path, logger, n_batches
 
 
 def run(cfg: DictConfig) -> dict:
+    preflight.check(cfg, "train")
     device = setup_torch(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     slug = run_slug(cfg)
@@ -162,7 +154,9 @@ def run(cfg: DictConfig) -> dict:
                    else None,
                    "train/mean_target_tokens_per_s": tps, "train/peak_mem_mb": mem, "train/adapter_mb": size_mb,
                    "train/adapter_params": n_params, "train/steps": trainer.global_step,
-                   "train/examples": len(dm.train), "train/fit_seconds": seconds}
+                   "train/examples": len(dm.train), "train/fit_seconds": seconds,
+                   "train/epochs": int(cfg.train.epochs),  # + train/val_loss_epoch_<k>, for the report
+                   **val_loss_per_epoch(module.history["val/loss"], n_batches, cfg.train.accumulate_grad_batches)}
         reasons = {"train/best_val_loss": "no validation examples", "train/final_train_loss":
                    "no training step ran in this invocation (resumed a finished run)",
                    "train/mean_target_tokens_per_s": "no training step ran in this invocation"}

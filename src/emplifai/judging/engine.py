@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from emplifai.judging.parse import parse_score, weighted_from_top_logprobs
+from emplifai.judging.parse import Sample, score_reply
 from emplifai.judging.rubric import JudgeItem, PromptBuilder
 from emplifai.llm.cache import ResponseCache, cache_key, stable_hash
 
@@ -34,7 +34,7 @@ class Grade:
     score_std: float  # spread over n samples (openai n>1), else NaN
     raw: str  # the reply (or the digit probabilities) kept for inspection
     parse_ok: bool
-    detail: str  # "json" | "regex" | "probs" | "failed: <why>" | "error: <why>"
+    detail: str  # "json[; …]" | "regex" | "probs" | "failed: <why>" | "truncated: <why>" | "error: <why>"
     digit_mass: float  # hf_local: p(digits) before renormalizing; openai logprobs: same; else NaN
     cached: bool
 
@@ -62,18 +62,23 @@ class HFLocalJudge:
         self.jcfg, self.model_cfg, self.builder, self.cache, self.device = jcfg, model_cfg, builder, cache, device
         self.shared = shared
         self.model_id = f"{model_cfg['name']}@{model_fingerprint(model_dir(model_cfg))}"
-        self.namespace = f"judge|hf_local|{self.model_id}|{builder.fingerprint}|shared={shared}"
+        self.chat_format = str(model_cfg.get("chat_format", "plain"))
+        chat = "|chat_template" if self.chat_format != "plain" else ""  # plain keeps its existing cache keys
+        self.namespace = f"judge|hf_local|{self.model_id}|{builder.fingerprint}|shared={shared}{chat}"
         self.scorer = None
+        self.fmt = None
         self.stats = {"model_calls": 0, "cache_hits": 0, "forwards": 0}
 
     def _load(self):
         if self.scorer is None:
+            from emplifai.chat import ChatFormat
             from emplifai.judging.scorer import DigitScorer
             from emplifai.modelzoo import load_causal_lm
 
             model, tok = load_causal_lm(self.model_cfg, self.device)
+            self.fmt = ChatFormat.of(tok, self.chat_format)
             r = self.builder.rubric
-            self.scorer = DigitScorer(model, tok, r.lo, r.hi, self.device)
+            self.scorer = DigitScorer(model, tok, r.lo, r.hi, self.device, self.fmt.add_special_tokens)
         return self.scorer
 
     def grade(self, items: list[JudgeItem]) -> list[Grade]:
@@ -89,8 +94,7 @@ class HFLocalJudge:
             if todo:
                 scorer = self._load()
                 before = scorer.forwards
-                scores = scorer.score(self.builder.head, self.builder.context(item),
-                                      [self.builder.suffix(item, c) for c in todo], shared=self.shared)
+                scores = scorer.score(*self.builder.local_parts(item, todo, self.fmt), shared=self.shared)
                 self.stats["forwards"] += scorer.forwards - before
                 self.stats["model_calls"] += len(todo)
                 for c, s in zip(todo, scores, strict=True):
@@ -132,26 +136,44 @@ class OpenAIJudge:
                            response_format={"type": "json_object"} if j.json_mode else None, n=int(j.n))
 
     def grade(self, items: list[JudgeItem]) -> list[Grade]:
+        """One Grade per (item, criterion). Raises UserError (nothing written) when more requests failed
+        after retries than `max_failure_rate` allows; the answers received are cached for the rerun."""
         rubric = self.builder.rubric
         pairs = [(it, c) for it in items for c in rubric.criteria]
         results = self.client.chat_many([self._request(it, c) for it, c in pairs], desc=f"judge {self.jcfg.name}")
-        self.client.require_answers(results)
+        self.client.check_failures(results)
         out = []
         for (item, c), res in zip(pairs, results, strict=True):
             if res.error is not None:
                 out.append(Grade(item.item_id, c.key, math.nan, math.nan, math.nan, "", False,
                                  f"error: {res.error}", math.nan, res.cached))
                 continue
-            parsed = [parse_score(t, rubric.lo, rubric.hi, c.key) for t in res.texts]
-            good = [p.score for p in parsed if p.ok]
-            weighted, _, mass = weighted_from_top_logprobs((res.top_logprobs or [[]])[0], rubric.lo, rubric.hi)
-            ok = bool(good)
-            mean = statistics.fmean(good) if good else math.nan
-            score = weighted if ok and math.isfinite(weighted) else mean
-            argmax = float(round(statistics.median(good))) if good else math.nan
-            std = statistics.pstdev(good) if len(good) > 1 else math.nan
-            detail = parsed[0].method if ok else next(p.method for p in parsed if not p.ok)
+            samples = [score_reply(text, _nth(res.finish_reasons, k), _nth(res.tokens, k),
+                                   _nth(res.top_logprobs, k), rubric.lo, rubric.hi, c.key)
+                       for k, text in enumerate(res.texts)]
             raw = res.texts[0] if len(res.texts) == 1 else json.dumps(res.texts, ensure_ascii=False)
-            out.append(Grade(item.item_id, c.key, score, argmax, std, raw, ok, detail,
-                             mass if math.isfinite(weighted) else math.nan, res.cached))
+            out.append(self.combine(item.item_id, c.key, samples, raw, res.cached))
         return out
+
+    @staticmethod
+    def combine(item_id: str, criterion: str, samples: list[Sample], raw: str, cached: bool) -> Grade:
+        """n samples → one Grade: the mean over the samples that parsed (truncated ones are failures), their
+        spread, the median parsed score; the detail says how many of n parsed. None parsed: NaN + why."""
+        n, good = len(samples), [s for s in samples if s.ok]
+        cut = sum(s.truncated for s in samples)
+        counts = f"; {len(good)}/{n} parsed" + (f", {cut} truncated" if cut else "") if n > 1 else ""
+        if not good:
+            lead = next((s for s in samples if s.truncated), samples[0])
+            return Grade(item_id, criterion, math.nan, math.nan, math.nan, raw, False, lead.detail + counts,
+                         math.nan, cached)
+        scores = [s.score for s in good]
+        masses = [s.mass for s in good if math.isfinite(s.mass)]
+        return Grade(item_id, criterion, statistics.fmean(scores),
+                     float(round(statistics.median(s.parsed for s in good))),
+                     statistics.pstdev(scores) if len(good) > 1 else math.nan, raw, True,
+                     good[0].detail + counts, statistics.fmean(masses) if masses else math.nan, cached)
+
+
+def _nth(per_choice: list | None, k: int) -> Any:
+    """Choice k's entry of a per-choice list the server may have left out."""
+    return per_choice[k] if per_choice is not None and k < len(per_choice) else None

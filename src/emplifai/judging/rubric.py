@@ -8,7 +8,7 @@ sees the system name; only criteria marked `with_emotion` see the gold emotion.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from emplifai.chat import ChatFormat
 from emplifai.errors import UserError
 from emplifai.llm.cache import stable_hash
 from emplifai.paths import resolve
@@ -103,6 +104,9 @@ class PromptBuilder:
 
     FIELDS = ("instructions", "criterion_block", "context", "question", "emotion_line", "score_cue",
               "json_instruction")
+    # chat models (hf_local with model.chat_format=chat_template): the digit is read right after the assistant
+    # generation prompt, so the user turn ends by asking for the bare number
+    ANSWER_INSTRUCTION = "{lo}〜{hi}の整数一つだけで答えてください。"
 
     def __init__(self, prompt_cfg: Mapping[str, Any] | DictConfig, rubric: Rubric) -> None:
         cfg = OmegaConf.to_container(prompt_cfg, resolve=True) if isinstance(prompt_cfg, DictConfig) else prompt_cfg
@@ -110,6 +114,7 @@ class PromptBuilder:
         if missing:
             raise RubricError(f"judge.prompt is missing {missing} (see conf/judge/prompt/ja.yaml)")
         self.t = {f: str(cfg[f]) for f in self.FIELDS}
+        self.t["answer_instruction"] = str(cfg.get("answer_instruction") or self.ANSWER_INSTRUCTION)
         self.rubric = rubric
         try:
             self.head = self._instructions()
@@ -139,6 +144,19 @@ class PromptBuilder:
     def suffix(self, item: JudgeItem, criterion: Criterion) -> str:
         """hf_local: the question plus the cue after which the score digit is read."""
         return self.question(item, criterion) + self.t["score_cue"]
+
+    def local_parts(self, item: JudgeItem, criteria: Sequence[Criterion], fmt: ChatFormat
+                    ) -> tuple[str, str, list[str]]:
+        """hf_local: (head, body, one suffix per criterion); head + body + suffix is the whole prompt.
+        Plain: instructions | context | question + score cue. Chat: the template's system turn with the
+        instructions and the user turn's start | context | question + answer instruction + the template up
+        to the assistant's answer, where the digit is read. The head is the same for every response."""
+        if not fmt.chat:
+            return self.head, self.context(item), [self.suffix(item, c) for c in criteria]
+        before, after = fmt.frame(self.head)
+        ask = self.t["answer_instruction"].format(lo=self.rubric.lo, hi=self.rubric.hi)
+        return before, self.context(item).lstrip("\n"), [
+            self.question(item, c).rstrip() + "\n\n" + ask + after for c in criteria]
 
     def full_prompt(self, item: JudgeItem, criterion: Criterion) -> str:
         return self.head + self.context(item) + self.suffix(item, criterion)

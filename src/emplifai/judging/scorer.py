@@ -47,8 +47,10 @@ def digit_token_ids(tokenizer, lo: int, hi: int) -> dict[int, int]:
 class DigitScorer:
     """Scores prompts sharing one prefix; `shared=False` runs one full forward per suffix (the baseline)."""
 
-    def __init__(self, model, tokenizer, lo: int = 1, hi: int = 5, device: str = "cpu") -> None:
+    def __init__(self, model, tokenizer, lo: int = 1, hi: int = 5, device: str = "cpu",
+                 add_special_tokens: bool = True) -> None:
         self.model, self.tok, self.device = model, tokenizer, device
+        self.add_special_tokens = add_special_tokens  # BOS before the head: plain models; templates spell it
         self.digits = digit_token_ids(tokenizer, lo, hi)
         self._digit_index = torch.tensor(list(self.digits.values()))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -58,7 +60,7 @@ class DigitScorer:
     def encode(self, head: str, body: str, suffixes: Sequence[str]) -> tuple[list[int], list[int], list[list[int]]]:
         """Prompt ids = head ids (with BOS) + body ids + suffix ids: the same ids for both code paths."""
         ids = [self.tok(t, add_special_tokens=False)["input_ids"] for t in (body, *suffixes)]
-        return self.tok(head, add_special_tokens=True)["input_ids"], ids[0], ids[1:]
+        return self.tok(head, add_special_tokens=self.add_special_tokens)["input_ids"], ids[0], ids[1:]
 
     def _to_scores(self, last_logits: torch.Tensor) -> list[DigitScore]:
         probs = torch.softmax(last_logits.float(), dim=-1)[:, self._digit_index.to(last_logits.device)]

@@ -2,25 +2,22 @@
 
 Why a synchronous facade over asyncio: pipeline stages are plain functions, but judging thousands of
 responses needs bounded concurrency. Failures never escape `chat_many`: each request ends as a ChatResult,
-with `error` set when it finally failed, so one bad reply never aborts a batch. The API key is read from the
-environment at call time and lives only in the request headers of that call.
+with `error` set when it finally failed, so one bad reply never aborts a batch; the stage then decides with
+`check_failures` (a run-level failure budget) whether the batch is good enough to write. A circuit breaker
+stops a batch once the server is unreachable, so a dead server fails a stage in seconds, not hours. The API
+key is read from the environment at call time and lives only in the request headers of that call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import email.utils
-import json
-import math
 import os
 import random
 import sqlite3
-import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,98 +27,38 @@ from tqdm.auto import tqdm
 
 from emplifai.errors import UserError
 from emplifai.llm.cache import ResponseCache, cache_key
+from emplifai.llm.protocol import (
+    ChatRequest,
+    ChatResult,
+    Malformed,
+    parse_choices,
+    parse_retry_after,
+    redact,
+    snippet,
+)
+
+__all__ = ["ChatRequest", "ChatResult", "OpenAICompatClient"]
 
 
-@dataclass(frozen=True)
-class ChatRequest:
-    """One chat completion request; every field that changes the answer is part of the cache key."""
-
-    messages: list[dict]  # [{"role": "system"|"user"|"assistant", "content": str}]
-    temperature: float = 0.0
-    max_tokens: int = 256
-    seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = None  # e.g. 5, for G-Eval probability-weighted scores
-    response_format: dict | None = None  # e.g. {"type": "json_object"} where the server supports it
-    n: int = 1
-    stop: list[str] | None = None
+CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)  # refused, DNS, connect timeout: nobody answers
 
 
-@dataclass
-class ChatResult:
-    """Outcome of one request: texts on success, `error` (never an exception) on final failure."""
+class _Circuit:
+    """Counts consecutive connection errors across a batch; at `limit` it opens and nothing more is sent.
+    An HTTP answer of any status (5xx too) proves the server is there and resets the count."""
 
-    texts: list[str]  # one per choice; [] on error
-    top_logprobs: list[list[dict[str, float]]] | None  # per choice, per generated token: {token: logprob}
-    error: str | None  # None on success, e.g. "HTTP 400: ..." or "timeout (60s) (gave up after 3 attempts)"
-    cached: bool = False
-    attempts: int = 0
+    def __init__(self, limit: int | None, url: str) -> None:
+        self.limit, self.url, self.streak, self.reason = limit, url, 0, ""
 
-    @property
-    def text(self) -> str | None:
-        """First choice's text, or None on error."""
-        return self.texts[0] if self.texts else None
+    def answered(self) -> None:
+        if not self.reason:
+            self.streak = 0
 
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-class _Malformed(Exception):
-    """The server answered 2xx but the body is not a usable chat completion."""
-
-
-def parse_completion(data: Any) -> tuple[list[str], list[list[dict[str, float]]] | None]:
-    """Texts of `choices[i].message.content` and, if present, per-token top-logprob dicts."""
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if not isinstance(choices, list) or not choices:
-        raise _Malformed("no 'choices' in the reply")
-    if not all(isinstance(c, dict) for c in choices):
-        raise _Malformed("a choice is not an object")
-    choices = sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c.get("index"), int) else 0)
-    texts: list[str] = []
-    logprobs: list[list[dict[str, float]]] = []
-    any_logprobs = False
-    for choice in choices:
-        message = choice.get("message")
-        if not isinstance(message, dict):
-            raise _Malformed("a choice has no 'message'")
-        content = message.get("content")
-        texts.append(content if isinstance(content, str) else "")  # None (e.g. a refusal) -> "" for the caller
-        lp = choice.get("logprobs")
-        tokens = lp.get("content") if isinstance(lp, dict) else None
-        per_token: list[dict[str, float]] = []
-        if isinstance(tokens, list):
-            any_logprobs = True
-            for tok in tokens:
-                alts: dict[str, float] = {}
-                for alt in (tok.get("top_logprobs") or []) if isinstance(tok, dict) else []:
-                    if isinstance(alt, dict) and "token" in alt and isinstance(alt.get("logprob"), int | float):
-                        name, value = str(alt["token"]), float(alt["logprob"])
-                        alts[name] = max(value, alts.get(name, -math.inf))
-                if not alts and isinstance(tok, dict) and isinstance(tok.get("logprob"), int | float):
-                    alts[str(tok.get("token", ""))] = float(tok["logprob"])
-                per_token.append(alts)
-        logprobs.append(per_token)
-    return texts, (logprobs if any_logprobs else None)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if absent/unparseable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    def connect_failed(self, error: str) -> None:
+        self.streak += 1
+        if self.limit and self.streak >= self.limit and not self.reason:
+            self.reason = (f"circuit open: {self.streak} consecutive connection errors to {self.url} "
+                           f"(last: {error}); the rest were not sent")
 
 
 class OpenAICompatClient:
@@ -143,11 +80,15 @@ class OpenAICompatClient:
         cache_namespace: str = "",
         extra_body: dict | None = None,
         show_progress: bool = True,
+        max_failure_rate: float | None = 0.02,
+        max_consecutive_connection_errors: int | None = 5,
     ) -> None:
         if concurrency < 1:
             raise UserError(f"LLM client: concurrency must be >= 1, got {concurrency}")
         if max_retries < 0:
             raise UserError(f"LLM client: max_retries must be >= 0, got {max_retries}")
+        if max_failure_rate is not None and not 0 <= max_failure_rate <= 1:
+            raise UserError(f"LLM client: max_failure_rate must be in [0, 1] (or null), got {max_failure_rate}")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env or None  # the NAME of the env var; the key itself is never stored
@@ -160,6 +101,8 @@ class OpenAICompatClient:
         self.cache_namespace = cache_namespace
         self.extra_body = dict(extra_body or {})
         self.show_progress = show_progress
+        self.max_failure_rate = None if max_failure_rate is None else float(max_failure_rate)
+        self.max_consecutive_connection_errors = int(max_consecutive_connection_errors or 0) or None  # 0: off
         self.cache = ResponseCache(cache_path) if cache_path is not None else None
         self._tls: Any = None  # TLS context built once per client (loading CA certs costs ~50 ms per batch)
         self.stats: dict[str, int] = {"requests_sent": 0, "cache_hits": 0, "retries": 0, "failures": 0}
@@ -169,13 +112,17 @@ class OpenAICompatClient:
         cls, cfg: DictConfig | dict, cache_path: str | Path | None = None, namespace: str = ""
     ) -> OpenAICompatClient:
         """Build from a config node with keys base_url, model, api_key_env, timeout_s, max_retries,
-        backoff_s, max_backoff_s, concurrency, extra_body (all but base_url/model optional)."""
+        backoff_s, max_backoff_s, concurrency, extra_body, max_failure_rate, max_consecutive_connection_errors
+        (all but base_url/model optional)."""
         c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
         missing = [k for k in ("base_url", "model") if not c.get(k)]
         if missing:
             raise UserError(f"LLM client config is missing {', '.join(missing)}")
-        opts = {k: c[k] for k in ("timeout_s", "max_retries", "backoff_s", "max_backoff_s", "max_retry_after_s",
-                                  "concurrency", "extra_body", "show_progress") if c.get(k) is not None}
+        keys = ("timeout_s", "max_retries", "backoff_s", "max_backoff_s", "max_retry_after_s", "concurrency",
+                "extra_body", "show_progress", "max_consecutive_connection_errors")
+        opts = {k: c[k] for k in keys if c.get(k) is not None}
+        if "max_failure_rate" in c:  # null = no limit (only "every request failed" stops a stage)
+            opts["max_failure_rate"] = c["max_failure_rate"]
         return cls(c["base_url"], c["model"], c.get("api_key_env"), cache_path=cache_path,
                    cache_namespace=namespace, **opts)
 
@@ -217,13 +164,25 @@ class OpenAICompatClient:
     def chat(self, request: ChatRequest) -> ChatResult:
         return self.chat_many([request], desc="LLM call")[0]
 
-    def require_answers(self, results: Sequence[ChatResult]) -> None:
-        """A stage whose every request failed has nothing to score: that is a setup error (URL, model id, key),
-        not a batch of invalid answers. Failures are never cached, so the rerun after a fix retries them."""
-        if results and all(r.error for r in results):
+    def check_failures(self, results: Sequence[ChatResult]) -> None:
+        """Raise UserError when the batch is not good enough to write, before the caller writes anything.
+
+        Every request failed: a setup error (URL, model id, key), not a batch of invalid answers. More than
+        `max_failure_rate` failed after retries: a sick server; the answers received are already cached and
+        failures never are, so the rerun asks only for what failed."""
+        errors = [r.error for r in results if r.error]
+        if not errors:
+            return
+        first = next((e for e in errors if e.startswith("circuit open")), errors[0])
+        if len(errors) == len(results):
             raise UserError(f"all {len(results)} requests to {self.base_url} (model {self.model!r}) failed, "
-                            f"e.g. {results[0].error}; check base_url, model (the server's model id) and "
-                            "api_key_env")
+                            f"e.g. {first}; check base_url, model (the server's model id) and api_key_env")
+        rate = len(errors) / len(results)
+        if self.max_failure_rate is not None and rate > self.max_failure_rate:
+            raise UserError(f"{len(errors)} of {len(results)} requests to {self.base_url} (model {self.model!r}) "
+                            f"failed after retries ({rate:.1%} > max_failure_rate {self.max_failure_rate:.1%}); "
+                            f"first error: {first}. Nothing was written; the {len(results) - len(errors)} answers "
+                            "received are cached, so a rerun asks only for the failed ones")
 
     def chat_many(self, requests: Sequence[ChatRequest], desc: str = "LLM calls") -> list[ChatResult]:
         """One result per request, in order; failures are ChatResults with `error`, never exceptions.
@@ -240,7 +199,8 @@ class OpenAICompatClient:
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 self.stats["cache_hits"] += 1
-                results[i] = ChatResult(hit["texts"], hit.get("top_logprobs"), None, cached=True, attempts=0)
+                results[i] = ChatResult(hit["texts"], hit.get("top_logprobs"), None, cached=True, attempts=0,
+                                        finish_reasons=hit.get("finish_reasons"), tokens=hit.get("tokens"))
             else:
                 pending.setdefault(key, []).append(i)
                 payloads[key] = body
@@ -277,22 +237,26 @@ class OpenAICompatClient:
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         if self._tls is None:  # httpx builds one even for plain http; reuse it across batches
             self._tls = httpx.create_ssl_context()
-        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), limits=limits, verify=self._tls) as http:
+        circuit = _Circuit(self.max_consecutive_connection_errors, self.base_url)
+        # a connect timeout well below the request timeout: an unreachable host is known in seconds
+        timeout = httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s / 2))
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, verify=self._tls) as http:
 
             async def one(key: str) -> tuple[str, ChatResult]:
                 async with sem:
                     try:
-                        res = await self._send_one(http, payloads[key], headers)
+                        res = await self._send_one(http, payloads[key], headers, circuit)
                     except Exception as err:  # a bug or odd transport state must not sink the whole batch
                         res = ChatResult([], None, f"unexpected {type(err).__name__}: {err}", attempts=1)
                 if res.error is None and self.cache is not None:
                     try:  # committed now, so a crash later does not lose this answer
-                        self.cache.put(key, {"texts": res.texts, "top_logprobs": res.top_logprobs},
+                        self.cache.put(key, {"texts": res.texts, "top_logprobs": res.top_logprobs,
+                                             "finish_reasons": res.finish_reasons, "tokens": res.tokens},
                                        namespace=self.cache_namespace, model=self.model)
                     except sqlite3.Error as err:  # keep the answer; the next run just asks again
                         warnings.warn(f"LLM cache write to {self.cache.path} failed: {err}", stacklevel=2)
                 if res.error is not None:
-                    res.error = _redact(res.error, api_key)
+                    res.error = redact(res.error, api_key)
                     self.stats["failures"] += 1
                 bar.update(weights[key])
                 return key, res
@@ -300,54 +264,51 @@ class OpenAICompatClient:
             pairs = await asyncio.gather(*(one(k) for k in payloads))
         return dict(pairs)
 
-    async def _send_one(self, http: httpx.AsyncClient, body: dict, headers: dict[str, str]) -> ChatResult:
+    async def _send_one(self, http: httpx.AsyncClient, body: dict, headers: dict[str, str],
+                        circuit: _Circuit) -> ChatResult:
         url = f"{self.base_url}/chat/completions"
         last_error = "no attempt made"
         attempt = 0
         for attempt in range(1, self.max_retries + 2):
+            if circuit.reason:  # the server is unreachable: do not queue more connection attempts behind it
+                return ChatResult([], None, circuit.reason, attempts=attempt - 1)
             retry_after: float | None = None
+            unreachable = False
             self.stats["requests_sent"] += 1
             try:
                 resp = await asyncio.wait_for(http.post(url, json=body, headers=headers), self.timeout_s)
+            except CONNECT_ERRORS as err:  # before TimeoutException: ConnectTimeout is one
+                last_error = f"connection error: {type(err).__name__}: {err}"[:300]
+                unreachable = True
+                circuit.connect_failed(last_error)
             except (TimeoutError, httpx.TimeoutException):
                 last_error = f"timeout ({self.timeout_s:g}s)"
-            except httpx.TransportError as err:
+            except httpx.TransportError as err:  # connected, then the connection broke: the server is there
                 last_error = f"connection error: {type(err).__name__}"
             else:
+                circuit.answered()
                 status = resp.status_code
                 if 200 <= status < 300:
                     try:
-                        texts, lps = parse_completion(resp.json())
-                        return ChatResult(texts, lps, None, cached=False, attempts=attempt)
-                    except (_Malformed, ValueError) as err:  # json.JSONDecodeError is a ValueError
+                        c = parse_choices(resp.json())
+                        return ChatResult(c.texts, c.top_logprobs, None, cached=False, attempts=attempt,
+                                          finish_reasons=c.finish_reasons, tokens=c.tokens)
+                    except (Malformed, ValueError) as err:  # json.JSONDecodeError is a ValueError
                         last_error = f"malformed reply: {err}"[:300]
                 elif status == 429 or status >= 500:
-                    last_error = f"HTTP {status}: {_snippet(resp)}"
+                    last_error = f"HTTP {status}: {snippet(resp)}"
                     if status in (429, 503):
                         retry_after = parse_retry_after(resp.headers.get("retry-after"))
                 else:  # other 4xx: our request is wrong, retrying cannot help
-                    return ChatResult([], None, f"HTTP {status}: {_snippet(resp)}", attempts=attempt)
+                    return ChatResult([], None, f"HTTP {status}: {snippet(resp)}", attempts=attempt)
             if attempt > self.max_retries:
                 break
             self.stats["retries"] += 1
             if retry_after is not None:
                 delay = min(retry_after, self.max_retry_after_s)
+            elif unreachable:  # short, flat: the circuit breaker, not a growing backoff, decides when to stop
+                delay = min(self.backoff_s, 1.0) * random.uniform(0.5, 1.0)
             else:  # exponential backoff with full jitter
                 delay = random.uniform(0.0, min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
             await asyncio.sleep(delay)
         return ChatResult([], None, f"{last_error} (gave up after {attempt} attempts)", attempts=attempt)
-
-
-def _snippet(resp: httpx.Response, limit: int = 300) -> str:
-    """Short single-line excerpt of an error body (the server's own message) for the error string."""
-    try:
-        data = resp.json()
-        err = data.get("error") if isinstance(data, dict) else None
-        text = (err.get("message") if isinstance(err, dict) else err) or json.dumps(data, ensure_ascii=False)
-    except ValueError:
-        text = resp.text
-    return " ".join(str(text).split())[:limit]
-
-
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text

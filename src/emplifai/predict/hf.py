@@ -4,6 +4,8 @@
 `Ranker`); `Ranker(..., shared_cache=False)` is the one-forward-per-label reference of the benchmark.
 `predictor.score`: `mean` (default) averages the label's token log-probs, so names that happen to need
 more tokens are not penalized; `sum` is the plain sequence log-likelihood.
+Prompts go through `emplifai.chat` (`model.chat_format`): with a chat model the label is scored right after
+the assistant generation prompt and closed by the template's end-of-turn token instead of `answer_suffix`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from emplifai.chat import ChatFormat
 from emplifai.modelzoo import load_causal_lm
 from emplifai.predict.predictors import Context, Prediction, answer_cleaner, interpret
 from emplifai.predict.prompting import PromptBuilder
@@ -50,10 +53,12 @@ class Ranker:
     """
 
     def __init__(self, model: Any, tok: Any, prefix: str, candidates: list[str], norm: str = "mean",
-                 shared_cache: bool = True) -> None:
+                 shared_cache: bool = True, add_special_tokens: bool = True) -> None:
         self.model, self.tok, self.norm, self.shared = model, tok, norm, shared_cache
         self.device = next(model.parameters()).device
-        self.prefix, self.prefix_ids = prefix, tok(prefix, return_tensors="pt").input_ids.to(self.device)
+        self.prefix = prefix  # plain models: BOS added here; chat templates spell their own
+        self.prefix_ids = tok(prefix, return_tensors="pt", add_special_tokens=add_special_tokens).input_ids
+        self.prefix_ids = self.prefix_ids.to(self.device)
         self.cands = [tok(c, add_special_tokens=False).input_ids for c in candidates]
         self.prefix_cache = None
         if shared_cache:
@@ -107,27 +112,35 @@ class Ranker:
         return out_lp
 
 
+def prompts(ctx: Context, tok: Any) -> tuple[PromptBuilder, ChatFormat, str]:
+    """The emotion prompt, the model's chat format, and the prompt text every dialogue starts with."""
+    build = PromptBuilder(ctx.pcfg.prompt, ctx.taxonomy, ctx.train, ctx.seed, ctx.pcfg.get("system"))
+    fmt = ChatFormat.of(tok, str(ctx.cfg.model.get("chat_format", "plain")))
+    return build, fmt, fmt.frame(build.system)[0] + build.shared_prefix
+
+
 def hf_rank(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
     """Always a valid label: the taxonomy name the LM finds most likely as the answer."""
     model, tok = load_model(ctx)
-    build = PromptBuilder(ctx.pcfg.prompt, ctx.taxonomy, ctx.train, ctx.seed)
-    suffix = str(ctx.pcfg.get("answer_suffix", "\n"))
+    build, fmt, prefix = prompts(ctx, tok)
+    suffix = fmt.end_of_turn(str(ctx.pcfg.get("answer_suffix", "\n")))
     norm = str(ctx.pcfg.get("score", "mean"))
     if norm not in ("mean", "sum"):
         from emplifai.errors import UserError
 
         raise UserError(f"predictor.score must be mean or sum, got {norm!r}")
-    ranker = Ranker(model, tok, build.shared_prefix, [n + suffix for n in ctx.taxonomy.ja_names], norm)
+    ranker = Ranker(model, tok, prefix, [n + suffix for n in ctx.taxonomy.ja_names], norm,
+                    add_special_tokens=fmt.add_special_tokens)
     # Contextual calibration (Zhao et al. 2021, "Calibrate Before Use"): a small LM favours some names
     # (e.g. the last few-shot answer) whatever the dialogue; subtracting the scores it gives a
     # content-free dialogue removes that prior.
     prior = 0.0
     if ctx.pcfg.get("calibrate", True):
         blank = {"situation": "N/A", "patient": "N/A", "supporter": "N/A"}
-        prior = ranker.scores(build(blank))
+        prior = ranker.scores(fmt.render(build.system, build(blank)))
     out = []
     for _, row in tqdm(test.iterrows(), total=len(test), desc="hf_rank", leave=False):
-        scores = ranker.scores(build(row)) - prior
+        scores = ranker.scores(fmt.render(build.system, build(row))) - prior
         best = int(scores.argmax())
         key = ctx.taxonomy.keys[best]
         out.append(Prediction(ctx.taxonomy.ja(key), ctx.taxonomy.ja(key), key, "rank", "", float(scores[best])))
@@ -135,13 +148,15 @@ def hf_rank(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
 
 
 @torch.no_grad()
-def generate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def generate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
+             add_special_tokens: bool = True) -> list[str]:
     """Greedy continuations (new tokens only, special tokens dropped), batched with left padding."""
     device = next(model.parameters()).device
     tok.padding_side = "left"
     texts: list[str] = []
     for i in tqdm(range(0, len(prompts), batch_size), desc="hf_generate", leave=False):
-        enc = tok(prompts[i: i + batch_size], return_tensors="pt", padding=True).to(device)
+        enc = tok(prompts[i: i + batch_size], return_tensors="pt", padding=True,
+                  add_special_tokens=add_special_tokens).to(device)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id)
         texts += tok.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
@@ -151,8 +166,8 @@ def generate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batc
 def hf_generate(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
     """Few-shot free-text answer; raw text kept; cleaned text scored; label exact or nearest."""
     model, tok = load_model(ctx)
-    build = PromptBuilder(ctx.pcfg.prompt, ctx.taxonomy, ctx.train, ctx.seed)
-    raws = generate(model, tok, [build(r) for _, r in test.iterrows()], int(ctx.pcfg.max_new_tokens),
-                    int(ctx.pcfg.get("batch_size", 4)))
+    build, fmt, _ = prompts(ctx, tok)
+    raws = generate(model, tok, [fmt.render(build.system, build(r)) for _, r in test.iterrows()],
+                    int(ctx.pcfg.max_new_tokens), int(ctx.pcfg.get("batch_size", 4)), fmt.add_special_tokens)
     clean = answer_cleaner(ctx.pcfg)
     return interpret([clean(r) for r in raws], ctx)

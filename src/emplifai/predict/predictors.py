@@ -130,26 +130,25 @@ def fasttext_clf(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
 
 
 def openai(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
-    """Any OpenAI-compatible chat endpoint through the shared cached client; errors → invalid."""
+    """Any OpenAI-compatible chat endpoint through the shared cached client; failed requests → invalid
+    (more than `max_failure_rate` of them: the stage stops); `emotion/truncated` counts max_tokens cut-offs."""
     from emplifai.llm.openai_compat import ChatRequest, OpenAICompatClient
 
     pcfg = ctx.pcfg
-    build = PromptBuilder(pcfg.prompt, ctx.taxonomy, ctx.train, ctx.seed)
+    build = PromptBuilder(pcfg.prompt, ctx.taxonomy, ctx.train, ctx.seed, pcfg.get("system"))
     from emplifai.paths import resolve
 
     cache = resolve(pcfg.cache) if pcfg.get("cache") else None
     client = OpenAICompatClient.from_config(pcfg, cache_path=cache, namespace="emotion")
-    system = str(pcfg.get("system") or "")
     requests = []
     for _, row in test.iterrows():
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": build(row)}]
-        requests.append(ChatRequest(messages=messages, temperature=float(pcfg.temperature),
+        requests.append(ChatRequest(messages=build.messages(row), temperature=float(pcfg.temperature),
                                     max_tokens=int(pcfg.max_tokens), seed=pcfg.get("seed"), stop=["\n"]))
     results = client.chat_many(requests)
-    client.require_answers(results)
+    client.check_failures(results)  # over max_failure_rate: UserError before anything is written
     clean = answer_cleaner(pcfg)
     answers = [Answer(None, "", f"API error: {r.error}") if r.error else clean(r.text) for r in results]
     ctx.metrics["emotion/api_errors"] = float(sum(bool(r.error) for r in results))
+    ctx.metrics["emotion/truncated"] = float(sum((r.finish_reasons or [None])[0] == "length" for r in results))
     ctx.metrics["emotion/cache_hits"] = float(sum(bool(r.cached) for r in results))
     return interpret(answers, ctx)

@@ -3,6 +3,8 @@
 Template (`predictor.prompt`): `instruction` (may use {labels}), `example` (uses {situation}, {patient},
 {supporter} and ends with {answer}), `few_shot` examples drawn from the train split (seeded, distinct
 emotions). The query is the example template cut just before {answer}: the model continues from there.
+This is the user turn; `predictor.system` the system turn. A server gets them as chat messages, a local
+model through `emplifai.chat` (its chat template, or plain text for a base model).
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ def few_shot_examples(train: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
 
 
 class PromptBuilder:
-    def __init__(self, prompt_cfg: Mapping[str, Any], taxonomy: Taxonomy, train: pd.DataFrame, seed: int) -> None:
+    def __init__(self, prompt_cfg: Mapping[str, Any], taxonomy: Taxonomy, train: pd.DataFrame, seed: int,
+                 system: str = "") -> None:
+        self.system = str(system or "")
         example = str(prompt_cfg["example"]).rstrip("\n")
         if not example.endswith("{answer}"):
             raise PromptError("predictor.prompt.example must end with {answer} (the model continues there)")
@@ -73,8 +77,13 @@ class PromptBuilder:
         return head + self.prefix
 
     def __call__(self, row: Mapping[str, Any]) -> str:
-        """The full prompt for one dialogue, ending where the answer goes."""
+        """The user turn for one dialogue, ending where the answer goes."""
         return self.shared_prefix + self._fill(row, "")
+
+    def messages(self, row: Mapping[str, Any]) -> list[dict[str, str]]:
+        """The same prompt as chat messages, for an OpenAI-compatible server."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return [*head, {"role": "user", "content": self(row)}]
 
 
 def clean_answer(raw: str | None, refusal: re.Pattern[str], max_chars: int) -> Answer:

@@ -1,7 +1,7 @@
 """Prompt building and loss masking: one dialogue row -> (prompt ids, target ids).
 
-The prompt comes from a `conf/prompt/*` template (Japanese), wrapped in the model's chat template when
-`model.chat_format=chat_template`, or joined into one text for plain base models. The target is the human
+The prompt comes from a `conf/prompt/*` template (Japanese), wrapped by `emplifai.chat` (the model's chat
+template when `model.chat_format=chat_template`, one text for plain base models). The target is the human
 supporter turn followed by EOS. Prompt and target are tokenized separately and concatenated, so the mask is
 exact: every prompt position is -100 and every target position carries its own token id.
 """
@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from emplifai.chat import ChatFormat
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.errors import UserError
 
@@ -43,9 +44,12 @@ class PromptBuilder:
     system: str
     template: str
     response_prefix: str
-    chat: bool
-    tokenizer: Any
+    fmt: ChatFormat
     taxonomy: Taxonomy
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.fmt.tokenizer
 
     @classmethod
     def from_config(cls, prompt_cfg: Mapping[str, Any], chat_format: str, tokenizer: Any,
@@ -57,16 +61,11 @@ class PromptBuilder:
                               f"subset of {sorted(FIELDS)}, got {sorted(used)} (conf/prompt/)")
         if "patient" not in used:
             raise PromptError(f"prompt {prompt_cfg.get('name')!r}: template must contain {{patient}}")
-        if chat_format not in ("plain", "chat_template"):
-            raise PromptError(f"model.chat_format must be plain or chat_template, got {chat_format!r}")
-        chat = chat_format == "chat_template"
-        if chat and not getattr(tokenizer, "chat_template", None):
-            raise PromptError("model.chat_format=chat_template but the tokenizer has no chat template; "
-                              "set model.chat_format=plain")
+        fmt = ChatFormat.of(tokenizer, chat_format)
         if tokenizer.eos_token_id is None:
             raise PromptError("the tokenizer has no EOS token; the target needs one to learn when to stop")
         return cls(str(prompt_cfg.get("name") or "prompt"), str(prompt_cfg.get("system") or ""), template,
-                   str(prompt_cfg.get("response_prefix") or ""), chat, tokenizer, taxonomy)
+                   str(prompt_cfg.get("response_prefix") or ""), fmt, taxonomy)
 
     def user_text(self, row: Mapping[str, Any]) -> str:
         emotion = row.get("emotion")
@@ -74,21 +73,12 @@ class PromptBuilder:
         return self.template.format(situation=row.get("situation", ""), emotion=ja, patient=row["patient"])
 
     def prompt_text(self, row: Mapping[str, Any]) -> str:
-        user = self.user_text(row)
-        if not self.chat:
-            head = f"{self.system}\n\n" if self.system else ""
-            return f"{head}{user}\n{self.response_prefix}"
-        msgs = [{"role": "system", "content": self.system}] if self.system else []
-        msgs.append({"role": "user", "content": user})
-        try:
-            return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        except Exception:  # noqa: BLE001 - templates without a system role (e.g. Gemma) raise; merge it
-            merged = [{"role": "user", "content": f"{self.system}\n\n{user}" if self.system else user}]
-            return self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
+        text = self.fmt.render(self.system, self.user_text(row))
+        # a base model continues after "医療スタッフ:"; a chat model answers in its own assistant turn
+        return text if self.fmt.chat else f"{text}\n{self.response_prefix}"
 
     def prompt_ids(self, row: Mapping[str, Any]) -> list[int]:
-        # plain: the tokenizer adds its BOS; chat templates already spell BOS (if any) in the text
-        return list(self.tokenizer(self.prompt_text(row), add_special_tokens=not self.chat)["input_ids"])
+        return self.fmt.encode(self.prompt_text(row))
 
     def target_ids(self, text: str) -> list[int]:
         return list(self.tokenizer(str(text), add_special_tokens=False)["input_ids"]) + [self.tokenizer.eos_token_id]
