@@ -82,9 +82,13 @@ def test_dvc_composes_the_preset(tmp_path):
 
 
 def test_study_preset_cli_sweep_names_adapters_by_epoch():
-    """The header's `python -m emplifai.train -m ... 'train.run_name="epochs=${train.epochs}"'`."""
+    """The header's `python -m emplifai.train -m experiment=emplifai_study train.epochs=1,2,3`: the preset is no
+    part of the run name, so the folders are epochs=<k>, what generate's `sweep` looks for."""
     from emplifai.train import run_slug
 
     for k in (1, 3):
-        cfg = compose_cfg(["experiment=emplifai_study", f"train.epochs={k}", 'train.run_name="epochs=${train.epochs}"'])
+        cfg = compose_cfg(["experiment=emplifai_study", f"train.epochs={k}"])
         assert run_slug(cfg, ["experiment=emplifai_study", f"train.epochs={k}"]) == f"epochs={k}"
+    # the form with an explicit, interpolated run name still gives the same folders
+    cfg = compose_cfg(["experiment=emplifai_study", "train.epochs=2", 'train.run_name="epochs=${train.epochs}"'])
+    assert run_slug(cfg, ["experiment=emplifai_study", "train.epochs=2"]) == "epochs=2"
