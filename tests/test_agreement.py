@@ -103,22 +103,58 @@ def test_agreement_stage_end_to_end(tmp_path):
         s.to_parquet(tmp_path / "artifacts" / "judge" / name / "scores.parquet")
     m = agreement.run(agreement_cfg(tmp_path, "agreement.primary=good", "agreement.bootstrap.n_resamples=200"))
     for stat in ("spearman", "spearman_ci_low", "spearman_ci_high", "pearson", "kendall", "qwk", "alpha_humans",
-                 "alpha_with_judge", "ceiling_spearman"):
+                 "alpha_humans_ci_low", "alpha_with_judge", "ceiling_spearman", "judge_vs_others_spearman"):
         assert math.isfinite(m[f"agreement/general_empathy/{stat}"]), stat
     assert m["agreement/general_empathy/spearman_ci_low"] <= m["agreement/general_empathy/spearman"] \
         <= m["agreement/general_empathy/spearman_ci_high"]
     assert m["agreement/general_empathy/spearman"] > m["agreement/noisy/general_empathy/spearman"]
-    assert "agreement/jury/overall/spearman" in m and m["agreement/general_empathy/n"] == 48
-    assert math.isnan(m["agreement/fluency/spearman"])
+    assert m["agreement/general_empathy/n"] == 48 and math.isnan(m["agreement/fluency/spearman"])
+    # across criteria and systems: the new names, never a pooled "overall"
+    assert not [k for k in m if "overall" in k]
+    for level in ("response_level", "system_level"):
+        for stat in ("spearman" if level == "response_level" else "kendall",):
+            for key in (f"{level}/{stat}", f"{level}/{stat}_ci_low", f"{level}/{stat}_ci_high"):
+                assert math.isfinite(m[f"agreement/{key}"]) and f"agreement/jury/{key}" in m, key
+    assert m["agreement/response_level/spearman"] > m["agreement/noisy/response_level/spearman"]
+    assert m["agreement/system_level/n_systems"] == len(set(rated["system"]))
+    assert math.isfinite(m["agreement/macro/alpha_humans"])  # the humans' α needs no judge
+    assert math.isnan(m["agreement/macro/spearman"])  # fluency's judge is constant: a mean of 6 of 7 is no macro
     out = json.loads((tmp_path / "reports" / "judge" / "agreement.json").read_text())
     assert "constant" in out["missing"]["agreement/fluency/spearman"] and out["metrics"]["agreement/fluency/spearman"] is None
+    assert "fluency" in out["missing"]["agreement/macro/spearman"] and "overall" not in json.dumps(out)
+    assert "agreement/response_level/qwk" not in m  # not defined on response means: absent, not a NaN
     d = tmp_path / "reports" / "judge" / "agreement" / "good"
-    for name in ("coefficients.csv", "human_ceiling.csv", "per_system.csv", "disagreements.csv", "scatter.png",
-                 "spearman_per_system.png"):
+    for name in ("coefficients.csv", "human_ceiling.csv", "per_system.csv", "system_level.csv", "disagreements.csv",
+                 "scatter.png", "spearman_per_system.png", "system_gaps.png"):
         assert (d / name).stat().st_size > 0, name
+    coefs = pd.read_csv(d / "coefficients.csv")
+    assert coefs["criterion"].tolist()[-2:] == ["macro", "response_level"] and "overall" not in set(coefs["criterion"])
     gaps = pd.read_csv(d / "disagreements.csv")
     assert {"response", "patient", "gap"} <= set(gaps.columns) and gaps["gap"].abs().is_monotonic_decreasing
     assert set(pd.read_csv(d / "per_system.csv")["system"]) == set(rated["system"])
+    assert set(pd.read_csv(d / "system_level.csv")["system"]) == set(rated["system"])
+    check_report_section(tmp_path / "reports", d)
     shutil.rmtree(tmp_path / "artifacts" / "judge")
     with pytest.raises(Exception, match="no judge scores"):
         agreement.run(agreement_cfg(tmp_path))
+
+
+def check_report_section(reports, folder):
+    """The report leads with criteria + alt-test verdicts, then macro/response level, then systems."""
+    from emplifai.report import agreement_section, to_markdown
+
+    text = to_markdown(agreement_section(reports), reports)
+    assert "overall" not in text
+    order = [text.index(s) for s in ("| criterion", "Across criteria", "| macro", "| response_level",
+                                     "System level", "gap (95% CI)")]
+    assert order == sorted(order)
+    (folder / "alt_test.csv").unlink(missing_ok=True)
+    assert "not run" in to_markdown(agreement_section(reports), reports)
+    row = {"n_responses": 48, "n_raters": 3, "epsilon": 0.2}
+    pd.DataFrame([{"criterion": "general_empathy", "winning_rate": 0.75, "advantage_prob": 0.6, "passed": True,
+                   "reason": "", **row},
+                  {"criterion": "fluency", "winning_rate": None, "advantage_prob": None, "passed": None,
+                   "reason": "too few", **row}]).to_csv(folder / "alt_test.csv", index=False)
+    rows = [r for r in to_markdown(agreement_section(reports), reports).splitlines() if r.startswith("| ")]
+    assert any("general_empathy" in r and "passed" in r and "0.750" in r for r in rows)
+    assert any("fluency" in r and "undecided" in r for r in rows)

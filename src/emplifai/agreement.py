@@ -4,10 +4,15 @@
     python -m emplifai.agreement agreement.judges=[hf_local]       # only some judges
     python -m emplifai.agreement agreement.bootstrap.n_resamples=5000
 
-Per criterion and overall: Spearman ρ, Pearson r, Kendall τ-b (judge vs mean human) with seeded 95%
-bootstrap CIs; Krippendorff's α (ordinal) among humans and with the judge as one more rater; quadratic-
-weighted κ (rounded judge vs human median); the human ceiling (each human vs the others' mean); a per-system
-breakdown; the largest judge−human gaps with texts. <3 items or constant scores → NaN with a reason.
+Per criterion (the primary table): Spearman ρ, Pearson r, Kendall τ-b (judge vs mean human), Krippendorff's α
+(ordinal) among humans and with the judge as one more rater, quadratic-weighted κ (rounded judge vs human
+median), and the human ceiling like for like (each held-out rater vs the others' mean, beside the judge vs that
+same mean). Nothing is pooled over criteria (their means differ, which would pass for agreement): across
+criteria only `macro` (mean of the per-criterion coefficients) and `response_level` (each response's mean over
+criteria). `system_level`: Kendall τ between judge and human system means, and the judge − human gap per
+system, flagged where its CI excludes 0. Every CI is a seeded cluster bootstrap over responses (within systems
+for the system level). The alt-test per criterion; the largest judge−human gaps with texts. <3 items or
+constant scores → NaN with a reason.
 With 2+ judges a "jury" (their mean score) is scored too. Output: reports/judge/agreement.json (DVC
 metrics) + tables and plots in reports/judge/agreement/.
 """
@@ -27,12 +32,10 @@ from emplifai import preflight, tracking
 from emplifai.errors import UserError, reported
 from emplifai.judging.report import heatmap, metric_name, write_csv
 from emplifai.paths import atomic_path, read_table, resolve, save_figure
-from emplifai.stats import tables
+from emplifai.stats import alt_test, systems, tables
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-STATS = ("spearman", "pearson", "kendall", "qwk", "alpha_humans", "alpha_with_judge", "ceiling_spearman")
 
 
 def load_judges(cfg: DictConfig) -> dict[str, pd.DataFrame]:
@@ -81,6 +84,19 @@ def scatter(merged: pd.DataFrame, criteria: list[str], title: str, path: Path) -
     return save_figure(fig, path, dpi=100)
 
 
+def gap_plot(ranks: pd.DataFrame, title: str, path: Path) -> Path:
+    """Judge − human mean per system with its CI; red where the CI excludes 0 (the judge shifts that system)."""
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(ranks) + 1.2))
+    for y, row in enumerate(ranks.to_dict(orient="records")):
+        err = [[max(row["gap"] - row["gap_ci_low"], 0)], [max(row["gap_ci_high"] - row["gap"], 0)]]
+        ax.errorbar([row["gap"]], [y], xerr=None if math.isnan(row["gap_ci_low"]) else err, fmt="o", capsize=3,
+                    color="tab:red" if row["flagged"] == 1 else "tab:blue")
+    ax.axvline(0, color="grey", lw=0.8, ls="--")
+    ax.set(yticks=list(range(len(ranks))), yticklabels=ranks["system"], xlabel="judge − human mean (95% CI)",
+           title=title)
+    return save_figure(fig, path, dpi=100)
+
+
 def run(cfg: DictConfig) -> dict:
     preflight.check(cfg, "agreement")
     a = cfg.agreement
@@ -100,29 +116,42 @@ def run(cfg: DictConfig) -> dict:
     for name, scores in judges.items():
         criteria = [c for c in dict.fromkeys(scores["criterion"]) if c in set(ratings["criterion"])]
         merged = tables.merge(scores, ratings)
-        table, why, ceil = tables.per_criterion(merged, criteria, 1, 5, boot)
+        table, why, ceil = tables.coefficient_table(merged, criteria, 1, 5, boot)
+        ranks, sys_metrics, sys_why = systems.system_level(tables.Cube.from_merged(merged, criteria), boot)
         prefix = "agreement" if name == primary else f"agreement/{metric_name(name)}"
         for row in table.to_dict(orient="records"):
             for stat, value in row.items():
-                if stat == "criterion":
-                    continue
+                if stat == "criterion" or (pd.isna(value) and f"{row['criterion']}/{stat}" not in why):
+                    continue  # not defined for this row (qwk, α at response level): no metric, not a NaN
                 key = f"{prefix}/{row['criterion']}/{stat}"
                 metrics[key] = value
                 if f"{row['criterion']}/{stat}" in why:
                     reasons[key] = why[f"{row['criterion']}/{stat}"]
+        for stat, value in sys_metrics.items():
+            metrics[f"{prefix}/system_level/{stat}"] = value
+            if stat in sys_why:
+                reasons[f"{prefix}/system_level/{stat}"] = sys_why[stat]
         d = out / name
+        alt = alt_test.alt_test(merged, criteria, **dict(a.get("alt_test") or {}))  # may the judge replace a rater?
+        files.append(write_csv(alt, d / "alt_test.csv"))
+        alt_metrics, alt_reasons = alt_test.as_metrics(alt, prefix)
+        metrics.update(alt_metrics)
+        reasons.update(alt_reasons)
         system = tables.per_system(merged, 1, 5)
         files += [write_csv(table, d / "coefficients.csv"), write_csv(ceil, d / "human_ceiling.csv"),
-                  write_csv(system, d / "per_system.csv"),
+                  write_csv(system, d / "per_system.csv"), write_csv(ranks, d / "system_level.csv"),
                   write_csv(tables.disagreements(merged, text, int(a.disagreements)), d / "disagreements.csv")]
         if len(merged):
             files.append(scatter(merged, criteria, f"judge {name} vs human mean", d / "scatter.png"))
             heat = system.pivot(index="system", columns="criterion", values="spearman").reindex(columns=criteria)
             files.append(heatmap(heat, f"judge {name}: Spearman ρ per system", d / "spearman_per_system.png",
                                  -1, 1, "coolwarm"))
-        print(f"agreement {name}: {merged['response_id'].nunique()} responses with human ratings; overall "
-              f"spearman {table.iloc[-1]['spearman']:.3f} [{table.iloc[-1]['spearman_ci_low']:.3f}, "
-              f"{table.iloc[-1]['spearman_ci_high']:.3f}]")
+            files.append(gap_plot(ranks, f"judge {name}: judge − human mean per system", d / "system_gaps.png"))
+        rows = table.set_index("criterion").reindex(columns=["spearman", "spearman_ci_low", "spearman_ci_high"])
+        levels = "; ".join(f"{lvl} {r.iloc[0]:.3f} [{r.iloc[1]:.3f}, {r.iloc[2]:.3f}]"
+                           for lvl, r in rows.loc[[tables.MACRO, tables.RESPONSE_LEVEL]].iterrows())
+        print(f"agreement {name}: {merged['response_id'].nunique()} responses with human ratings; spearman "
+              f"{levels}; system-level kendall {sys_metrics['kendall']:.3f}")
     summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
     with atomic_path(resolve(cfg.paths.reports) / "judge" / "agreement.json") as tmp:
         tmp.write_text(json.dumps({"metrics": summary, "missing": reasons, "judges": list(judges),
