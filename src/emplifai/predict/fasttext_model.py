@@ -2,14 +2,14 @@
 
 Both train on wakati-tokenized text with `thread=1` (fastText is deterministic only single-threaded),
 and are cached under `cache_dir` by a hash of the exact corpus and parameters, so a rerun or a second
-predictor reuses them. `pretrained=PATH` (e.g. cc.ja.300.bin) skips training.
+predictor reuses them. A given .bin (`emotion.vectors.source=fasttext_bin`, e.g. cc.ja.300.bin) is
+loaded as is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -21,6 +21,7 @@ import numpy as np
 from emplifai.errors import UserError
 from emplifai.paths import atomic_path, resolve
 from emplifai.predict.tokenize import wakati
+from emplifai.predict.wordvec import WordVectors
 
 SKIPGRAM_KEYS = ("dim", "epoch", "minn", "maxn", "min_count", "ws", "lr", "neg", "bucket")
 CLASSIFIER_KEYS = ("dim", "epoch", "lr", "word_ngrams", "minn", "maxn", "bucket", "loss")
@@ -96,36 +97,29 @@ def corpus_lines(texts: Iterable[str], extra_corpus: str | None = None) -> list[
     return lines
 
 
-class Vectors:
-    """Sentence vectors (mean of normalized word vectors) and their cosine, on wakati tokens."""
+class Vectors(WordVectors):
+    """fastText sentence vectors (mean of normalized word vectors, subwords included) on wakati tokens."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, source: str = "trained") -> None:
         fasttext = fasttext_module()
 
         if not path.exists():
             raise FastTextError(f"fastText model not found: {path}")
-        self.path = path
+        self.path, self.source = path, source
         self.model = fasttext.load_model(str(path))
-        self._cache: dict[str, np.ndarray] = {}
+        self.description = f"fastText {path.name} ({self.model.get_dimension()}-d)"
 
-    def vector(self, text: str) -> np.ndarray:
-        if text not in self._cache:
-            self._cache[text] = np.asarray(self.model.get_sentence_vector(wakati(text)), dtype=np.float64)
-        return self._cache[text]
-
-    def cosine(self, a: str, b: str) -> float:
-        """Cosine in [-1, 1]; NaN when either text has no vector (empty or all-unknown)."""
-        va, vb = self.vector(a), self.vector(b)
-        na, nb = float(np.linalg.norm(va)), float(np.linalg.norm(vb))
-        if na == 0.0 or nb == 0.0 or math.isnan(na) or math.isnan(nb):
-            return float("nan")
-        return float(np.clip(va @ vb / (na * nb), -1.0, 1.0))
+    def lookup(self, text: str) -> tuple[np.ndarray, str]:
+        tokens = wakati(text)
+        vec = np.asarray(self.model.get_sentence_vector(tokens), dtype=np.float64)
+        if not tokens or not np.any(vec):
+            return vec, "none"
+        known = [self.model.get_word_id(t) >= 0 for t in tokens.split()]
+        return vec, ("word" if known == [True] else "tokens" if all(known) else "subwords")
 
 
-def load_vectors(cfg: Mapping[str, Any], train_texts: list[str], seed: int) -> Vectors:
-    """`cfg` = emotion.fasttext. Pretrained .bin if given, else skip-gram on train text (+ extra corpus)."""
-    if cfg.get("pretrained"):
-        return Vectors(resolve(cfg["pretrained"]))
+def train_vectors(cfg: Mapping[str, Any], train_texts: list[str], seed: int) -> Vectors:
+    """`cfg` = emotion.fasttext: skip-gram on the train text (+ extra corpus), cached by corpus + params."""
     lines = corpus_lines(train_texts, cfg.get("extra_corpus"))
     if not lines:
         raise FastTextError("no training text for the fastText vectors (empty train split)")

@@ -1,4 +1,4 @@
-"""Per-emotion table and confusion plot: which emotions are predicted well, which are confused."""
+"""Per-emotion table (with bootstrap CIs) and confusion plot: which emotions are predicted well, which are confused."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pandas as pd
 
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.paths import atomic_path, save_figure
+from emplifai.predict.scoring import bootstrap_ci
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -17,11 +18,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 NO_LABEL = "(invalid/unmapped)"
 
 
-def per_emotion(pred: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
+PER_EMOTION_SCORES = ("accuracy", "bertscore_f1", "bertscore_f1_rescaled", "wordvec_cos", "wordvec_cos_rescaled")
+
+
+def per_emotion(pred: pd.DataFrame, taxonomy: Taxonomy, boot: tuple[int, float, int] = (1000, 0.95, 0)
+                ) -> pd.DataFrame:
     """One row per taxonomy emotion (also those absent from the split: n=0, scores NaN).
 
-    accuracy is over valid labelled items; score means over valid items; `most_confused_with` is the
-    most frequent wrong label (ties: alphabetical).
+    accuracy is over valid labelled items; score means over valid items, each with a bootstrap CI
+    (`boot` = resamples, confidence, seed) that resamples that emotion's dialogues; one dialogue gives no
+    interval (NaN). `most_confused_with` is the most frequent wrong label (ties: alphabetical).
     """
     rows = []
     for key in taxonomy.keys:
@@ -30,14 +36,16 @@ def per_emotion(pred: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
         labelled = valid[valid["label"] != ""]
         wrong = labelled.loc[labelled["label"] != key, "label"]
         confused = wrong.value_counts().sort_index().sort_values(ascending=False, kind="stable")
-        rows.append({
-            "emotion": key, "ja": taxonomy.ja(key), "n": len(g), "n_valid": len(valid),
-            "invalid_rate": (len(g) - len(valid)) / len(g) if len(g) else np.nan,
-            "accuracy": float((labelled["label"] == key).mean()) if len(labelled) else np.nan,
-            "bertscore_f1": valid["bertscore_f1"].mean() if len(valid) else np.nan,
-            "fasttext_cos": valid["fasttext_cos"].mean() if len(valid) else np.nan,
-            "most_confused_with": confused.index[0] if len(confused) else "",
-        })
+        row = {"emotion": key, "ja": taxonomy.ja(key), "n": len(g), "n_valid": len(valid),
+               "invalid_rate": (len(g) - len(valid)) / len(g) if len(g) else np.nan}
+        for col in PER_EMOTION_SCORES:
+            values = ((labelled["label"] == key).astype(float) if col == "accuracy"
+                      else valid[col] if col in valid else pd.Series(dtype=float)).dropna()
+            mean, low, high = bootstrap_ci(values.tolist(), *boot)
+            if len(values) < 2:
+                low = high = np.nan
+            row |= {col: mean, f"{col}_ci_low": low, f"{col}_ci_high": high}
+        rows.append(row | {"most_confused_with": confused.index[0] if len(confused) else ""})
     return pd.DataFrame(rows)
 
 
@@ -64,9 +72,10 @@ def plot_confusion(table: pd.DataFrame, title: str, path: Path) -> Path:
     return save_figure(fig, path, dpi=100)
 
 
-def write_reports(pred: pd.DataFrame, taxonomy: Taxonomy, name: str, out_dir: Path) -> list[Path]:
+def write_reports(pred: pd.DataFrame, taxonomy: Taxonomy, name: str, out_dir: Path,
+                  boot: tuple[int, float, int] = (1000, 0.95, 0)) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = per_emotion(pred, taxonomy)
+    table = per_emotion(pred, taxonomy, boot)
     csv = out_dir / "per_emotion.csv"
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False, encoding="utf-8", float_format="%.4f")

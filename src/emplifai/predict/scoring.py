@@ -1,5 +1,5 @@
 """Scores: BERTScore (bert_score's own building blocks, each distinct string embedded once), label
-metrics, and seeded bootstrap CIs.
+metrics, and seeded bootstrap CIs (stats/bootstrap.py's draws and percentile interval).
 
 `bert_score.score` re-loads tokenizer and model per call and runs greedy matching for every pair;
 predictions repeat heavily and gold names are only 28 strings, so `BertScorer` loads once, embeds each
@@ -22,6 +22,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from emplifai.modelzoo import encoder_dir
+from emplifai.stats.bootstrap import draws, percentile_ci
 
 PAIR_BATCH = 1024
 FAST_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
@@ -112,18 +113,19 @@ class BertScorer:
 
 def bootstrap_ci(values: Sequence[float], resamples: int, confidence: float, seed: int
                  ) -> tuple[float, float, float]:
-    """(mean, low, high) of the non-NaN values; NaNs when there are none. Percentile bootstrap."""
+    """(mean, low, high) of the non-NaN values; NaNs when there are none. The project's seeded percentile
+    bootstrap (stats/bootstrap.py), each value (dialogue) its own cluster."""
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
     if x.size == 0:
         return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(int(resamples), x.size))].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
+    low, high, _ = percentile_ci(x[draws(x.size, int(resamples), seed)].mean(axis=1), confidence)
+    return float(x.mean()), low, high
 
 
-SCORE_COLUMNS = {"bertscore_p": "bertscore_p", "bertscore_r": "bertscore_r", "bertscore_f1": "bertscore_f1",
-                 "fasttext_cos": "fasttext_cos"}
+# Per-row scores against the gold name; `*_rescaled`: 0 = the measure's mean over different taxonomy names.
+SCORE_COLUMNS = ("bertscore_p", "bertscore_r", "bertscore_f1", "bertscore_f1_rescaled", "wordvec_cos",
+                 "wordvec_cos_rescaled")
+NOTE = "wordvec_note"  # per row: why its wordvec_cos is NaN although the answer is valid ("" when scored)
 
 
 def metrics(pred: pd.DataFrame, resamples: int, confidence: float, seed: int
@@ -146,10 +148,17 @@ def metrics(pred: pd.DataFrame, resamples: int, confidence: float, seed: int
     else:
         for k in ("emotion/accuracy", "emotion/macro_f1"):
             out[k], reasons[k] = float("nan"), "no valid prediction mapped to a label"
+    notes = valid[NOTE][valid[NOTE].fillna("") != ""] if NOTE in valid else pd.Series(dtype=str)
     for col in SCORE_COLUMNS:
+        if col not in valid:
+            continue
         mean, low, high = bootstrap_ci(valid[col].tolist(), resamples, confidence, seed)
         out |= {f"emotion/{col}": mean, f"emotion/{col}_ci_low": low, f"emotion/{col}_ci_high": high}
         if math.isnan(mean):
+            why = (notes.mode().iloc[0] if col.startswith("wordvec") and len(notes)
+                   else f"no valid prediction with a {col} score")
             for k in (f"emotion/{col}", f"emotion/{col}_ci_low", f"emotion/{col}_ci_high"):
-                reasons[k] = f"no valid prediction with a {col} score"
+                reasons[k] = why
+    if "wordvec_cos" in valid:
+        out["emotion/wordvec_cos_n"] = float(valid["wordvec_cos"].notna().sum())
     return out, reasons
