@@ -12,7 +12,8 @@ import pytest
 
 from conftest import ROOT, compose_cfg
 from emplifai import report
-from emplifai.epochs import system_epoch, val_loss_per_epoch
+from emplifai.epochs import system_epoch
+from emplifai.sft.runs import val_loss_per_epoch
 
 SYSTEMS = ["gemma3-270m+base+default", "gemma3-270m+epochs=1+default", "gemma3-270m+epochs=2+default",
            "gemma3-270m+epochs=3+default", "human", "empathetic"]

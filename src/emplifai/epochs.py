@@ -19,15 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-KEY = "train/val_loss_epoch_"
+from emplifai.sft.runs import VAL_LOSS_KEY as KEY
+from emplifai.stats.bootstrap import draws, percentile_ci
+
 EPOCHS = re.compile(r"(?:^|[_+,])epochs=(\d+)(?:$|[_+,])")
-
-
-def val_loss_per_epoch(history: Sequence[tuple[int, float]], n_batches: int, accumulate: Any = 1) -> dict[str, float]:
-    """{"train/val_loss_epoch_<k>": loss}. Validation runs at optimizer step s; epoch k ends at step
-    k·ceil(n_batches/accumulate), so s belongs to epoch ceil(s/steps_per_epoch); the last one of an epoch wins."""
-    per_epoch = max(1, math.ceil(int(n_batches) / max(1, int(accumulate))))
-    return {f"{KEY}{max(1, math.ceil(step / per_epoch))}": float(value) for step, value in history}
 
 
 def val_losses(train_reports: Path, runs: Sequence[str]) -> pd.DataFrame:
@@ -71,9 +66,8 @@ def mean_ci(values: np.ndarray, n_resamples: int, seed: int, level: float) -> tu
         return math.nan, math.nan, math.nan, f"all {values.size} scores are NaN (unparseable judge replies)"
     if x.size == 1:
         return float(x[0]), math.nan, math.nan, "one scored response: no CI"
-    means = x[np.random.default_rng(seed).integers(0, x.size, (int(n_resamples), x.size))].mean(axis=1)
-    tail = (1 - level) / 2
-    return float(x.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail)), ""
+    low, high, why = percentile_ci(x[draws(x.size, int(n_resamples), seed)].mean(axis=1), level)
+    return float(x.mean()), low, high, why or ""
 
 
 def judge_scores(artifacts: Path, judges: Sequence[str], run_epochs: dict[str, int], boot: dict[str, Any]

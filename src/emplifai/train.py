@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from emplifai import preflight, tracking
 from emplifai.data.taxonomy import Taxonomy
-from emplifai.epochs import val_loss_per_epoch
 from emplifai.errors import reported
 from emplifai.modelzoo import load_causal_lm, setup_torch
 from emplifai.paths import resolve, save_figure, write_text
@@ -33,7 +32,10 @@ from emplifai.sft.adapter import adapter_size, attach_lora, save_adapter
 from emplifai.sft.datamodule import SFTDataModule
 from emplifai.sft.module import SFTModule
 from emplifai.sft.prompts import PromptBuilder
-from emplifai.sft.runs import run_slug  # the run name: also how generate finds the sweep's adapters
+from emplifai.sft.runs import (  # the run name: also how generate finds the sweep's adapters
+    run_slug,
+    val_loss_per_epoch,
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -2,12 +2,16 @@
 
 One function for writer and readers: `train` names its run here, and `generate.adapters=sweep` finds the
 sweep's adapters here, so the DVC stages train@<k>, a Hydra multirun `-m train.epochs=1,2,3` and generate
-agree on `epochs=<k>` without anyone listing models/sft/.
+agree on `epochs=<k>` without anyone listing models/sft/. Also the per-epoch validation-loss keys `train`
+writes into reports/train/<run>/metrics.json and the report's epoch comparison reads.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,3 +48,13 @@ def sweep_run_names(cfg: DictConfig) -> list[str]:
         raise UserError(f"train.run_name={cfg.train.run_name!r} gives every run of the sweep the name {names[0]!r}: "
                         "set train.run_name=null (names epochs=<k>) or make it use ${train.epochs}")
     return names
+
+
+VAL_LOSS_KEY = "train/val_loss_epoch_"  # train's metrics.json: one key per epoch, read by the report
+
+
+def val_loss_per_epoch(history: Sequence[tuple[int, float]], n_batches: int, accumulate: Any = 1) -> dict[str, float]:
+    """{"train/val_loss_epoch_<k>": loss}. Validation runs at optimizer step s; epoch k ends at step
+    k·ceil(n_batches/accumulate), so s belongs to epoch ceil(s/steps_per_epoch); the last one of an epoch wins."""
+    per_epoch = max(1, math.ceil(int(n_batches) / max(1, int(accumulate))))
+    return {f"{VAL_LOSS_KEY}{max(1, math.ceil(step / per_epoch))}": float(value) for step, value in history}
