@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from emplifai.sft.runs import VAL_LOSS_KEY as KEY
-from emplifai.stats.bootstrap import draws, percentile_ci
+from emplifai.stats.bootstrap import mean_ci as bootstrap_mean_ci
 
 EPOCHS = re.compile(r"(?:^|[_+,])epochs=(\d+)(?:$|[_+,])")
 
@@ -66,7 +66,7 @@ def mean_ci(values: np.ndarray, n_resamples: int, seed: int, level: float) -> tu
         return math.nan, math.nan, math.nan, f"all {values.size} scores are NaN (unparseable judge replies)"
     if x.size == 1:
         return float(x[0]), math.nan, math.nan, "one scored response: no CI"
-    low, high, why = percentile_ci(x[draws(x.size, int(n_resamples), seed)].mean(axis=1), level)
+    low, high, why = bootstrap_mean_ci(x, n_resamples, seed, level)
     return float(x.mean()), low, high, why or ""
 
 

@@ -1,5 +1,5 @@
 """Scores: BERTScore (bert_score's own building blocks, each distinct string embedded once), label
-metrics, and seeded bootstrap CIs (stats/bootstrap.py's draws and percentile interval).
+metrics, and seeded bootstrap CIs (stats/bootstrap.py's `mean_ci`).
 
 `bert_score.score` re-loads tokenizer and model per call and runs greedy matching for every pair;
 predictions repeat heavily and gold names are only 28 strings, so `BertScorer` loads once, embeds each
@@ -22,7 +22,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from emplifai.modelzoo import encoder_dir
-from emplifai.stats.bootstrap import draws, percentile_ci
+from emplifai.stats.bootstrap import mean_ci
 
 PAIR_BATCH = 1024
 FAST_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
@@ -118,7 +118,7 @@ def bootstrap_ci(values: Sequence[float], resamples: int, confidence: float, see
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
     if x.size == 0:
         return float("nan"), float("nan"), float("nan")
-    low, high, _ = percentile_ci(x[draws(x.size, int(resamples), seed)].mean(axis=1), confidence)
+    low, high, _ = mean_ci(x, resamples, seed, confidence)
     return float(x.mean()), low, high
 
 

@@ -45,6 +45,11 @@ def percentile_ci(dist: np.ndarray, level: float = 0.95) -> tuple[float, float, 
     return float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail)), None
 
 
+def mean_ci(x: np.ndarray, n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float, str | None]:
+    """(low, high, reason) of the mean of `x` (finite values, each its own cluster: a dialogue, a response)."""
+    return percentile_ci(x[draws(x.size, int(n_resamples), seed)].mean(axis=1), level)
+
+
 def distributions(stat: Callable[[np.ndarray], Mapping[str, float]], idx: np.ndarray) -> dict[str, np.ndarray]:
     """{name: values over resamples} of a statistic that maps one row of cluster indices to named numbers."""
     rows = [stat(i) for i in idx]
