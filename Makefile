@@ -31,7 +31,7 @@ data: setup  ## the shipped sample into data/ on a fresh clone (byte-identical, 
 	@test -n "$$(ls -A data 2>/dev/null)" || $(PY) -m emplifai.sample data
 
 params: setup  ## conf/ → params.yaml (what `dvc repro` reads; `dvc exp run` does this itself)
-	$(PY) -m emplifai.params
+	$(PY) -m emplifai.core.params
 
 repro: data params
 	dvc repro
@@ -55,6 +55,9 @@ ui: setup  ## MLflow UI on localhost (1 worker: ~0.4 GB instead of ~2 GB)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db \
 		--host 127.0.0.1 --port 5000 --workers 1
 
-bench: setup  ## every benchmark, ratios printed side by side
+BENCH_OUT ?= reports/bench
+bench: setup  ## every benchmark, ratios printed side by side; figures in $(BENCH_OUT)/<bench>.json; fails if any goal is missed
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@mkdir -p $(BENCH_OUT); failed=""; for b in benchmarks/bench_*.py; do echo "== $$b"; \
+		$(PY) $$b --json $(BENCH_OUT)/$$(basename $$b .py).json || failed="$$failed $$b"; done; \
+		test -z "$$failed" || { echo "missed their goal:$$failed"; exit 1; }

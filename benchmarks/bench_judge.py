@@ -1,7 +1,7 @@
 """Judge speed claims, each measured side by side with its baseline in this one run.
 
     python benchmarks/bench_judge.py                  # both parts (prepare the sample first)
-    python benchmarks/bench_judge.py --responses 3 --delay 0.2
+    python benchmarks/bench_judge.py --responses 3 --delay 0.2 --json reports/bench/bench_judge.json
 
 1. hf_local (Gemma-3-270M, the seven-criterion rubric, real sample responses): shared-prefix scoring (rubric
    head encoded once, each response's context once, 7 short criterion suffixes as one batch) vs 7
@@ -9,7 +9,7 @@
 2. openai backend through the judge (OpenAIJudge + the shared client) against a real local HTTP server with a
    fixed per-request delay: concurrency 8 vs sequential (concurrency 1); target ≥ 6×. Then a second run on
    the same cache must send 0 requests.
-Exit status 1 if a target is missed.
+Exit status 1 if a target is missed. `--json PATH`: the figures of both parts.
 """
 
 from __future__ import annotations
@@ -23,39 +23,36 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import benchkit  # noqa: E402
+from conftest import compose_cfg  # noqa: E402
 
-
-def compose(overrides: list[str]):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return hcompose("config", overrides=overrides)
+HF_TARGET, OPENAI_TARGET = 3.0, 6.0
 
 
 def load_items(n: int):
     from emplifai.data.taxonomy import Taxonomy
-    from emplifai.judging import items
+    from emplifai.judge import items
 
-    cfg = compose([])
+    cfg = compose_cfg()
     found, _ = items.collect(ROOT / "artifacts" / "prepare", ROOT / "missing.parquet", Taxonomy.from_config(cfg.taxonomy),
                              ["rated"])
     return cfg, items.limit(found, n, 0)
 
 
-def bench_hf_local(n: int) -> float:
+def bench_hf_local(n: int) -> dict:
     import torch
 
-    from emplifai.judge import judge_model_cfg
-    from emplifai.judging.rubric import PromptBuilder, Rubric
-    from emplifai.judging.scorer import DigitScorer
-    from emplifai.modelzoo import load_causal_lm
+    from emplifai.judge.__main__ import judge_model_cfg
+    from emplifai.judge.rubric import JudgePrompt, Rubric
+    from emplifai.judge.scorer import DigitScorer
+    from emplifai.lm import load_causal_lm
 
     torch.set_num_threads(1)
     cfg, its = load_items(n)
     rubric = Rubric.from_config(cfg.judge)
-    b = PromptBuilder(cfg.judge.prompt, rubric)
+    b = JudgePrompt(cfg.judge.grading_prompt, rubric)
     model, tok = load_causal_lm(judge_model_cfg(cfg))
     scorer = DigitScorer(model, tok, rubric.lo, rubric.hi)
     scorer.score(b.head, b.context(its[0]), [b.suffix(its[0], rubric.criteria[0])])  # warm-up (+ head cache)
@@ -69,17 +66,16 @@ def bench_hf_local(n: int) -> float:
     same_argmax = all(a.argmax == c.argmax for a, c in zip(results[True], results[False], strict=True))
     ratio = times[False] / times[True]
     print(f"hf_local {cfg.judge.model}, {len(its)} responses × {len(rubric.criteria)} criteria: independent "
-          f"{times[False]:.2f}s vs shared-prefix {times[True]:.2f}s → {ratio:.1f}× (max |Δscore| {diff:.2e}, "
-          f"argmax identical: {same_argmax})")
-    if diff >= 1e-4 or not same_argmax:
-        print("  FAIL: shared-prefix scores differ from independent forwards")
-        return 0.0
-    return ratio
+          f"{times[False]:.2f}s vs shared-prefix {times[True]:.2f}s → {ratio:.1f}× (goal ≥ {HF_TARGET:.0f}×; max "
+          f"|Δscore| {diff:.2e}, goal < 1e-4; argmax identical: {same_argmax})")
+    return {"responses": len(its), "independent_s": times[False], "shared_prefix_s": times[True], "speedup": ratio,
+            "max_abs_score_diff": diff, "argmax_identical": same_argmax,
+            "ok": ratio >= HF_TARGET and diff < 1e-4 and same_argmax}
 
 
-def bench_openai(n: int, delay: float) -> tuple[float, int]:
-    from emplifai.judging.engine import OpenAIJudge
-    from emplifai.judging.rubric import PromptBuilder, Rubric
+def bench_openai(n: int, delay: float) -> dict:
+    from emplifai.judge.engine import OpenAIJudge
+    from emplifai.judge.rubric import JudgePrompt, Rubric
     from llm_testserver import LLMTestServer
 
     _, its = load_items(n)
@@ -87,23 +83,24 @@ def bench_openai(n: int, delay: float) -> tuple[float, int]:
     with LLMTestServer(delay_s=delay, reply_fn=lambda body: '{"score": 4}') as srv, \
             tempfile.TemporaryDirectory() as tmp:
         for conc in (1, 8):
-            cfg = compose(["judge=openai", f"judge.base_url={srv.base_url}", "judge.api_key_env=null",
+            cfg = compose_cfg(["judge=openai", f"judge.base_url={srv.base_url}", "judge.api_key_env=null",
                            f"judge.concurrency={conc}", "judge.show_progress=false", f"judge.model=bench-{conc}"])
-            j = OpenAIJudge(cfg.judge, PromptBuilder(cfg.judge.prompt, Rubric.from_config(cfg.judge)),
+            j = OpenAIJudge(cfg.judge, JudgePrompt(cfg.judge.grading_prompt, Rubric.from_config(cfg.judge)),
                             Path(tmp) / "cache.sqlite")
             t = time.perf_counter()
             grades = j.grade(its)
             times[conc] = time.perf_counter() - t
             assert all(g.parse_ok for g in grades)
         before = srv.request_count
-        OpenAIJudge(cfg.judge, PromptBuilder(cfg.judge.prompt, Rubric.from_config(cfg.judge)),
+        OpenAIJudge(cfg.judge, JudgePrompt(cfg.judge.grading_prompt, Rubric.from_config(cfg.judge)),
                     Path(tmp) / "cache.sqlite").grade(its)
         second = srv.request_count - before
     calls = len(its) * 7
     ratio = times[1] / times[8]
     print(f"openai via judge, {calls} requests at {delay:.2f}s each: sequential {times[1]:.2f}s vs concurrency 8 "
-          f"{times[8]:.2f}s → {ratio:.1f}×; second run: {second} requests")
-    return ratio, second
+          f"{times[8]:.2f}s → {ratio:.1f}× (goal ≥ {OPENAI_TARGET:.0f}×); second run: {second} requests (goal 0)")
+    return {"requests": calls, "delay_s": delay, "sequential_s": times[1], "concurrency_8_s": times[8],
+            "speedup": ratio, "cached_rerun_requests": second, "ok": ratio >= OPENAI_TARGET and second == 0}
 
 
 def main() -> int:
@@ -112,14 +109,15 @@ def main() -> int:
     ap.add_argument("--api-responses", type=int, default=8, help="openai: responses (×7 requests)")
     ap.add_argument("--delay", type=float, default=0.2, help="openai: server delay per request (s)")
     ap.add_argument("--skip-hf", action="store_true")
+    benchkit.json_option(ap)
     args = ap.parse_args()
-    ok = True
-    if not args.skip_hf:
-        ok &= bench_hf_local(args.responses) >= 3.0
-    ratio, second = bench_openai(args.api_responses, args.delay)
-    ok &= ratio >= 6.0 and second == 0
-    print("PASS" if ok else "FAIL: a target was missed")
-    return 0 if ok else 1
+    figures = {} if args.skip_hf else {"hf_local_shared_prefix": bench_hf_local(args.responses)}
+    figures["openai_concurrency"] = bench_openai(args.api_responses, args.delay)
+    benchkit.write_json(args.json, figures)
+    goals = [] if args.skip_hf else [f"hf_local shared prefix ≥ {HF_TARGET:.0f}× with the same scores"]
+    goals.append(f"openai concurrency 8 ≥ {OPENAI_TARGET:.0f}× sequential, cached rerun 0 requests")
+    missed = [case for case, f in figures.items() if not f["ok"]]
+    return benchkit.verdict(not missed, "; ".join(goals) + (f" (missed: {', '.join(missed)})" if missed else ""))
 
 
 if __name__ == "__main__":

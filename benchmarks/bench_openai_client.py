@@ -1,6 +1,6 @@
 """Throughput of the shared OpenAI-compatible client: concurrency 8 vs sequential, then a cached rerun.
 
-    python benchmarks/bench_openai_client.py [--requests 64] [--delay 0.1] [--concurrency 8]
+    python benchmarks/bench_openai_client.py [--requests 64] [--delay 0.1] [--concurrency 8] [--json PATH]
 
 Runs against the local test server (tests/llm_testserver.py, in its own process, like a real endpoint) with a
 fixed per-request delay, which stands in for a model's latency: the question is whether the client overlaps waits, not how fast a model is.
@@ -18,7 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import benchkit  # noqa: E402
 from emplifai.llm import ChatRequest, OpenAICompatClient  # noqa: E402
 from llm_testserver import LLMTestServerProcess  # noqa: E402
 
@@ -39,6 +41,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--delay", type=float, default=0.1, help="server latency per request (s)")
     ap.add_argument("--concurrency", type=int, default=8)
+    benchkit.json_option(ap)
     args = ap.parse_args()
     reqs = [ChatRequest([{"role": "user", "content": f"prompt {i}"}], seed=0) for i in range(args.requests)]
     with LLMTestServerProcess("--delay", str(args.delay)) as srv, tempfile.TemporaryDirectory() as tmp:
@@ -59,9 +62,14 @@ def main() -> int:
     print(f"speedup: {ratio:.2f}x (goal >= 6x; ideal {args.concurrency}x)")
     print(f"cached rerun: {cached_s:6.3f} s, requests sent by client {cached_stats['requests_sent']}, "
           f"received by server {rerun_requests}, cache hits {cached_stats['cache_hits']} (goal 0 requests)")
+    benchkit.write_json(args.json, {
+        "sequential": {"seconds": seq_s, "requests_per_s": n / seq_s},
+        f"concurrency_{args.concurrency}": {"seconds": par_s, "requests_per_s": n / par_s, "speedup": ratio,
+                                            "max_in_flight": after["max_in_flight"]},
+        "cached_rerun": {"seconds": cached_s, "requests_sent": cached_stats["requests_sent"],
+                         "requests_received": rerun_requests, "cache_hits": cached_stats["cache_hits"]}})
     ok = ratio >= 6.0 and rerun_requests == 0 and cached_stats["requests_sent"] == 0
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    return benchkit.verdict(ok, f"concurrency {args.concurrency} ≥ 6x sequential; cached rerun sends 0 requests")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ from scipy import stats
 from sklearn.metrics import cohen_kappa_score
 
 from conftest import ROOT, SAMPLE, compose_cfg
-from emplifai import agreement, prepare
-from emplifai.stats.agreement import kendall, kripp_alpha, pearson, qwk, spearman
-from emplifai.stats.bootstrap import paired_ci
+from emplifai.agreement import __main__ as agreement
+from emplifai.metrics.bootstrap import paired_ci
+from emplifai.metrics.coefficients import kendall, kripp_alpha, pearson, qwk, spearman
+from emplifai.prepare import __main__ as prepare
 
 X, Y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
 
@@ -141,7 +142,7 @@ def test_agreement_stage_end_to_end(tmp_path):
 
 def check_report_section(reports, folder):
     """The report leads with criteria + alt-test verdicts, then macro/response level, then systems."""
-    from emplifai.report import agreement_section, to_markdown
+    from emplifai.report.__main__ import agreement_section, to_markdown
 
     text = to_markdown(agreement_section(reports), reports)
     assert "overall" not in text

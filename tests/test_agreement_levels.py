@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emplifai.stats import systems, tables
-from emplifai.stats.agreement import spearman
-from emplifai.stats.bootstrap import draws_within, paired_ci
+from emplifai.metrics import systems, tables
+from emplifai.metrics.bootstrap import draws_within, paired_ci
+from emplifai.metrics.coefficients import spearman
 
 BOOT = {"n_resamples": 300, "seed": 0, "level": 0.95}
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from emplifai.stats.alt_test import alt_test, alt_test_one, as_metrics, by_reject, rater_tests
+from emplifai.metrics.alt_test import alt_test, alt_test_one, as_metrics, by_reject, rater_tests
 
 N = np.nan
 

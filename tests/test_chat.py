@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, compose_cfg
-from emplifai.chat import ChatFormat, ChatFormatError
+from emplifai.lm.chat import ChatFormat, ChatFormatError
 
 torch.set_num_threads(2)
 SMOL = ROOT / "models/base/smollm2-135m"
@@ -19,7 +19,7 @@ needs_smol = pytest.mark.skipif(not (SMOL / "config.json").exists(), reason="run
 
 @pytest.fixture(scope="module")
 def smol():
-    from emplifai.modelzoo import load_causal_lm
+    from emplifai.lm import load_causal_lm
 
     return load_causal_lm({"name": "smollm2-135m", "path": str(SMOL)})
 
@@ -41,7 +41,7 @@ def test_chat_format_matches_the_template_and_plain_is_raw_text(smol):
 
 @pytest.mark.skipif(not (GEMMA / "config.json").exists(), reason="run `dvc repro models` first")
 def test_chat_format_without_a_template_is_a_clear_error():
-    from emplifai.modelzoo import load_tokenizer
+    from emplifai.lm import load_tokenizer
 
     tok = load_tokenizer({"name": "gemma3-270m", "path": str(GEMMA)})
     with pytest.raises(ChatFormatError, match="no chat template"):
@@ -55,11 +55,11 @@ def test_hf_rank_scores_after_the_assistant_prompt_and_shared_cache_holds(smol, 
     """The ranked prompt is the chat template's; the label is closed by <|im_end|>; the shared prefix KV
     path gives the same scores as one full forward per label."""
     from emplifai.data.taxonomy import Taxonomy
-    from emplifai.predict.hf import Ranker, prompts
-    from emplifai.predict.predictors import Context
+    from emplifai.emotion.hf import Ranker, prompts
+    from emplifai.emotion.predictors import Context
 
     model, tok = smol
-    cfg = make_cfg("model=smollm2-135m", "predictor=hf_rank", "predictor.prompt.few_shot=1")
+    cfg = make_cfg("model=smollm2-135m", "predictor=hf_rank", "emotion.prompt.few_shot=1")
     train = pd.read_parquet(ROOT / "artifacts/prepare/train.parquet")
     test = pd.read_parquet(ROOT / "artifacts/prepare/test.parquet")
     ctx = Context(cfg, Taxonomy.from_config(cfg.taxonomy), train, train.iloc[:0], lambda: None, "cpu", 42, ROOT)
@@ -81,11 +81,11 @@ def test_emotion_stage_with_a_chat_model(make_cfg, tmp_path):
     """hf_rank and hf_generate end to end with SmolLM2 as a chat model: labels valid, answers kept raw."""
     import shutil
 
-    from emplifai import emotion
+    from emplifai.emotion import __main__ as emotion
 
     shutil.copytree(ROOT / "artifacts/prepare", tmp_path / "artifacts/prepare")
-    common = ("model=smollm2-135m", "emotion.max_items=2", "emotion.fasttext.epoch=2", "emotion.fasttext.dim=20",
-              "mlflow.enabled=false", "predictor.prompt.few_shot=0", "emotion.predictors=null")
+    common = ("model=smollm2-135m", "emotion.first_n=2", "emotion.fasttext.epoch=2", "emotion.fasttext.dim=20",
+              "mlflow.enabled=false", "emotion.prompt.few_shot=0", "emotion.predictors=null")
     emotion.run(make_cfg("predictor=hf_rank", *common))
     rank = pd.read_parquet(tmp_path / "artifacts/emotion/hf_rank/predictions.parquet")
     assert len(rank) == 2 and rank["valid"].all() and rank["label"].ne("").all()
@@ -96,13 +96,13 @@ def test_emotion_stage_with_a_chat_model(make_cfg, tmp_path):
 
 @needs_smol
 def test_hf_local_judge_prompt_is_the_chat_template(smol):
-    from emplifai.judging.rubric import JudgeItem, PromptBuilder, Rubric
-    from emplifai.judging.scorer import DigitScorer
+    from emplifai.judge.rubric import JudgeItem, JudgePrompt, Rubric
+    from emplifai.judge.scorer import DigitScorer
 
     model, tok = smol
     cfg = compose_cfg(["judge.model=smollm2-135m"])
     rubric = Rubric.from_config(cfg.judge)
-    b = PromptBuilder(cfg.judge.prompt, rubric)
+    b = JudgePrompt(cfg.judge.grading_prompt, rubric)
     item = JudgeItem("r1", "d1", "SYSTEM_NAME", "human", "入院中", "眠れません。", "それはおつらいですね。", "悲しみ")
     fmt = ChatFormat.of(tok, "chat_template")
     head, body, suffixes = b.local_parts(item, rubric.criteria[:2], fmt)

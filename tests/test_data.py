@@ -11,9 +11,9 @@ import pytest
 
 from conftest import compose_cfg, write_csv
 from emplifai.data.io import read_table
-from emplifai.data.splits import split_dialogues
 from emplifai.data.taxonomy import Taxonomy, TaxonomyError
-from emplifai.data.validate import validate
+from emplifai.prepare.splits import split_dialogues
+from emplifai.prepare.validate import validate
 
 TAX = Taxonomy.from_config(compose_cfg().taxonomy)
 CRITERIA = list(compose_cfg().data.criteria)

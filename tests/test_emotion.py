@@ -4,7 +4,6 @@ rescaled scores: test_emotion_scores.py)."""
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 
@@ -14,13 +13,16 @@ import pytest
 import torch
 
 from conftest import ROOT
-from emplifai import emotion
+from emplifai.core.errors import UserError
+from emplifai.core.metrics_file import read_metrics
 from emplifai.data.taxonomy import Taxonomy
-from emplifai.errors import UserError
-from emplifai.predict import report, scoring, wordvec
-from emplifai.predict.fasttext_model import train_vectors
-from emplifai.predict.predictors import answer_cleaner
-from emplifai.predict.prompting import clean_answer
+from emplifai.emotion import __main__ as emotion
+from emplifai.emotion import breakdown, scoring, wordvec
+from emplifai.emotion.fasttext_model import train_vectors
+from emplifai.emotion.predictors import answer_cleaner
+from emplifai.emotion.prompt import clean_answer
+from emplifai.metrics.bertscore import BertScorer
+from emplifai.metrics.bootstrap import mean_with_ci
 from llm_testserver import LLMTestServer
 
 torch.set_num_threads(2)
@@ -32,14 +34,14 @@ needs_models = pytest.mark.skipif(not (ROOT / "models/base/gemma3-270m/config.js
 
 
 @pytest.fixture(scope="module")
-def scorer() -> scoring.BertScorer:
-    return scoring.BertScorer(ENCODER)
+def scorer() -> BertScorer:
+    return BertScorer(ENCODER)
 
 
 @pytest.fixture
 def prepared(tmp_path, make_cfg):
     """A config whose artifacts/prepare holds the shipped sample's prepared splits."""
-    from emplifai import prepare
+    from emplifai.prepare import __main__ as prepare
 
     def _cfg(*overrides: str):
         cfg = make_cfg(f"data.raw_dir={ROOT / 'src/emplifai/sample'}", *overrides)
@@ -122,13 +124,13 @@ def test_per_emotion_aggregation_on_hand_made_table():
         "bertscore_f1": [1.0, 0.8, 0.6, np.nan, 1.0, 0.7],
         "wordvec_cos": [1.0, 0.5, 0.3, np.nan, 1.0, 0.2],
     })
-    table = report.per_emotion(pred, tax, (500, 0.95, 0)).set_index("emotion")
+    table = breakdown.per_emotion(pred, tax, (500, 0.95, 0)).set_index("emotion")
     joy, fear, relief = table.loc["joy"], table.loc["fear"], table.loc["relief"]
     assert (joy.n, joy.n_valid, joy.invalid_rate) == (4, 3, 0.25)
     assert joy.accuracy == pytest.approx(1 / 3) and joy.bertscore_f1 == pytest.approx(0.8)
     assert joy.wordvec_cos == pytest.approx(0.6) and joy.most_confused_with == "fear"
     # CIs resample that emotion's dialogues: the same numbers as the stage's bootstrap on those values alone
-    _, lo, hi = scoring.bootstrap_ci([1.0, 0.8, 0.6], 500, 0.95, 0)
+    _, lo, hi, _ = mean_with_ci([1.0, 0.8, 0.6], 500, 0, 0.95)
     assert (joy.bertscore_f1_ci_low, joy.bertscore_f1_ci_high) == pytest.approx((lo, hi))
     assert 0.6 <= joy.bertscore_f1_ci_low < 0.8 < joy.bertscore_f1_ci_high <= 1.0
     assert joy.accuracy_ci_low == 0.0 and 2 / 3 <= joy.accuracy_ci_high <= 1.0
@@ -136,8 +138,8 @@ def test_per_emotion_aggregation_on_hand_made_table():
     assert math.isnan(relief.bertscore_f1_ci_low) and math.isnan(relief.accuracy_ci_high)
     assert fear.accuracy == 0.5 and fear.most_confused_with == "relief" and fear.bertscore_f1 == pytest.approx(0.85)
     assert relief.n == 0 and math.isnan(relief.accuracy) and math.isnan(relief.bertscore_f1)
-    conf = report.confusion(pred, tax)
-    assert conf.loc["joy", "fear"] == 2 and conf.loc["joy", report.NO_LABEL] == 1 and conf.to_numpy().sum() == 6
+    conf = breakdown.confusion(pred, tax)
+    assert conf.loc["joy", "fear"] == 2 and conf.loc["joy", breakdown.NO_LABEL] == 1 and conf.to_numpy().sum() == 6
     metrics, reasons = scoring.metrics(pred.assign(bertscore_p=pred.bertscore_f1, bertscore_r=pred.bertscore_f1),
                                        resamples=200, confidence=0.95, seed=0)
     assert metrics["emotion/invalid_rate"] == pytest.approx(1 / 6) and metrics["emotion/n_valid"] == 5
@@ -163,10 +165,12 @@ def test_fasttext_clf_stage_end_to_end(prepared, tmp_path):
     assert (pred["wordvec_cos"].between(-1, 1) | (pred["wordvec_note"] != "")).all()
     exact = pred["label"] == pred["gold"]
     assert np.allclose(pred.loc[exact, "bertscore_f1"], 1.0, atol=1e-5)   # right label = gold name
-    assert out["fasttext_clf/emotion/accuracy"] == pytest.approx(exact.mean())
-    assert 0 <= out["fasttext_clf/emotion/val_accuracy"] <= 1
-    summary = json.loads((tmp_path / "reports/emotion/metrics.json").read_text())
-    assert summary["fasttext_clf"]["accuracy"] == pytest.approx(exact.mean(), abs=1e-6)
+    assert out["emotion/fasttext_clf/accuracy"] == pytest.approx(exact.mean())
+    assert 0 <= out["emotion/fasttext_clf/val_accuracy"] <= 1
+    summary = read_metrics(tmp_path / "reports/emotion/metrics.json")
+    assert list(summary.metrics) == list(out)                  # all predictors' metrics, as the stage returns them
+    assert np.allclose(list(summary.metrics.values()), list(out.values()), equal_nan=True)
+    assert read_metrics(tmp_path / "artifacts/emotion/fasttext_clf/metrics.json").tags["predictor"] == "fasttext_clf"
     per = pd.read_csv(tmp_path / "reports/emotion/fasttext_clf/per_emotion.csv")
     assert len(per) == 28 and per["n"].sum() == 18 and {"wordvec_cos_ci_low", "accuracy_ci_high"} <= set(per)
     assert (tmp_path / "reports/emotion/fasttext_clf/confusion.png").stat().st_size > 10_000
@@ -183,7 +187,7 @@ def test_fasttext_clf_stage_end_to_end(prepared, tmp_path):
 @needs_models
 def test_hf_rank_and_hf_generate_with_gemma(prepared, tmp_path):
     """Both LM predictors in one stage run (one MLflow run each), on 2 dialogues with the real Gemma."""
-    cfg = prepared("emotion.predictors=[hf_rank,hf_generate]", "emotion.max_items=2",
+    cfg = prepared("emotion.predictors=[hf_rank,hf_generate]", "emotion.first_n=2",
                    "emotion.fasttext.epoch=2", "emotion.fasttext.dim=20",
                    # zero-shot keeps the CPU test short (the stage default is few-shot): emotion.overrides
                    "++emotion.overrides.hf_rank.prompt.few_shot=0", "++emotion.overrides.hf_generate.prompt.few_shot=0",
@@ -198,14 +202,15 @@ def test_hf_rank_and_hf_generate_with_gemma(prepared, tmp_path):
     assert set(gen["method"]) <= {"exact", "nearest", "invalid"}
     assert gen.loc[gen["valid"], "label"].ne("").all() and gen.loc[~gen["valid"], "bertscore_f1"].isna().all()
     assert {r.data.tags["predictor"] for r in _runs(cfg)} == {"hf_rank", "hf_generate"}
-    assert set(json.loads((tmp_path / "reports/emotion/metrics.json").read_text())) == {"hf_rank", "hf_generate"}
+    summary = read_metrics(tmp_path / "reports/emotion/metrics.json").metrics
+    assert {k.split("/")[1] for k in summary} == {"hf_rank", "hf_generate"}
 
 
 @needs_models
 def test_rank_shared_cache_matches_full_forward():
-    """The KV-cache path gives the same scores as one full forward per label (tiny prompt, real Gemma)."""
-    from emplifai.modelzoo import load_causal_lm
-    from emplifai.predict.hf import Ranker
+    """The KV-cache paths give the same scores as one full forward per label (tiny prompt, real Gemma)."""
+    from emplifai.emotion.hf import Ranker
+    from emplifai.lm import load_causal_lm
 
     model, tok = load_causal_lm({"name": "g", "path": str(ROOT / "models/base/gemma3-270m")})
     prefix = "次の患者の感情を答えてください。\n患者：手術が怖いです。\n感情：恐れ\n\n"
@@ -215,6 +220,8 @@ def test_rank_shared_cache_matches_full_forward():
     slow = Ranker(model, tok, prefix, names, shared_cache=False).scores(prompt)
     np.testing.assert_allclose(fast, slow, atol=1e-3)
     assert fast.argmax() == slow.argmax()
+    batched = Ranker(model, tok, prefix, names).scores_batch([prompt, prefix + "患者：眠れない。\n感情："], batch_size=2)[0]
+    np.testing.assert_allclose(batched, slow, atol=1e-3)  # what hf_rank runs: dialogues packed per forward
 
 
 @pytest.mark.slow
@@ -245,7 +252,7 @@ def _openai_cfg(prepared, base_url: str, tmp_path, **extra):
                     "predictor.api_key_env=null",
                     "predictor.timeout_s=1", "predictor.max_retries=2", "predictor.backoff_s=0.01",
                     "predictor.show_progress=false", f"predictor.cache={tmp_path}/llm.sqlite",
-                    "emotion.max_items=6", "emotion.fasttext.epoch=2", "emotion.fasttext.dim=20",
+                    "emotion.first_n=6", "emotion.fasttext.epoch=2", "emotion.fasttext.dim=20",
                     "predictor.max_failure_rate=null", "emotion.predictors=null", *over)
 
 
@@ -275,7 +282,7 @@ def test_openai_predictor_faults_invalid_answers_and_cache(prepared, tmp_path):
         ok = pred[pred["valid"]]
         assert ok["bertscore_f1"].notna().all() and set(ok["method"]) <= {"exact", "nearest"}
         assert (ok.loc[ok["text"] == "不安", "method"] == "exact").all()
-        m = json.loads((tmp_path / "artifacts/emotion/openai/metrics.json").read_text())
+        m = read_metrics(tmp_path / "artifacts/emotion/openai/metrics.json").metrics
         assert m["emotion/invalid_rate"] == pytest.approx(len(invalid) / 6) and m["emotion/n_valid"] == len(ok)
 
         emotion.run(cfg)                                     # rerun: answered from the cache, no new calls

@@ -4,15 +4,15 @@ and a dead server failing the stage in seconds."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import pytest
 
 from conftest import ROOT
-from emplifai import emotion
-from emplifai.errors import UserError
+from emplifai.core.errors import UserError
+from emplifai.core.metrics_file import read_metrics
+from emplifai.emotion import __main__ as emotion
 from llm_testserver import LLMTestServer
 
 PREPARED = ROOT / "artifacts" / "prepare"
@@ -31,8 +31,8 @@ def cfg(tmp_path, make_cfg):
         return make_cfg("emotion.predictors=null", "predictor=openai", f"predictor.base_url={url}", "predictor.model=test-model",
                         "predictor.api_key_env=null", "predictor.timeout_s=5", "predictor.max_retries=1",
                         "predictor.backoff_s=0.005", "predictor.max_backoff_s=0.02", "predictor.show_progress=false",
-                        f"predictor.cache={tmp_path}/llm.sqlite", "emotion.max_items=6", "emotion.fasttext.epoch=2",
-                        "emotion.fasttext.dim=20", "emotion.bootstrap.resamples=50", "mlflow.enabled=false", *extra)
+                        f"predictor.cache={tmp_path}/llm.sqlite", "emotion.first_n=6", "emotion.fasttext.epoch=2",
+                        "emotion.fasttext.dim=20", "emotion.bootstrap.n_resamples=50", "mlflow.enabled=false", *extra)
 
     return _make
 
@@ -81,7 +81,7 @@ def test_openai_predictor_failure_budget_metrics_and_rerun(cfg, tmp_path):
         before = srv.request_count  # a looser budget: completes, the two failures are invalid and counted
         emotion.run(cfg(srv.base_url, "predictor.max_failure_rate=0.5"))
         assert srv.request_count - before == 2 * 2  # the 4 answers came from the cache
-        m = json.loads((out / "metrics.json").read_text())
+        m = read_metrics(out / "metrics.json").metrics
         assert m["emotion/api_errors"] == 2 and m["emotion/cache_hits"] == 4
         assert m["emotion/truncated"] == len(answers.cut) == 2
 
@@ -89,7 +89,7 @@ def test_openai_predictor_failure_budget_metrics_and_rerun(cfg, tmp_path):
         before = srv.request_count
         emotion.run(cfg(srv.base_url))
         assert srv.request_count - before == 2
-    m = json.loads((out / "metrics.json").read_text())
+    m = read_metrics(out / "metrics.json").metrics
     assert m["emotion/api_errors"] == 0 and m["emotion/cache_hits"] == 4
 
 

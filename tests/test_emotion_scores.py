@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from conftest import ROOT, compose_cfg
-from emplifai import emotion
+from emplifai.core.metrics_file import read_metrics
 from emplifai.data.taxonomy import Taxonomy
-from emplifai.predict import scoring, separation, wordvec
+from emplifai.emotion import __main__ as emotion
+from emplifai.emotion import scoring, separation, wordvec
+from emplifai.metrics.bertscore import BertScorer
 
 torch.set_num_threads(2)
 ENCODER = {"name": "e5-small", "path": str(ROOT / "models/base/e5-small"), "num_layers": 9}
@@ -105,7 +107,7 @@ def test_chive_loaded_from_the_package_covers_the_taxonomy_and_ranks_synonyms_fi
 
 @needs_e5
 def test_rescaled_scores_are_one_on_identity_and_zero_on_the_taxonomy_baseline():
-    scorer = scoring.BertScorer(ENCODER)
+    scorer = BertScorer(ENCODER)
     vec = wordvec.ChiveVectors()
     for measure, fn in [("bertscore_f1", lambda a, b: scorer.score(a, b)[:, 2]), ("wordvec_cos", vec.cosines)]:
         m = separation.similarity_matrix(NAMES, fn)
@@ -120,11 +122,11 @@ def test_rescaled_scores_are_one_on_identity_and_zero_on_the_taxonomy_baseline()
 @pytest.mark.parametrize("source", ["chive", "trained"])
 def test_wrong_label_never_scores_like_agreement_end_to_end(make_cfg, tmp_path, source):
     """fasttext_clf on the shipped sample: a wrong label's cosine is < 0.9, or NaN with the reason."""
-    from emplifai import prepare
+    from emplifai.prepare import __main__ as prepare
 
     cfg = make_cfg(f"data.raw_dir={ROOT / 'src/emplifai/sample'}", "emotion.predictors=null",
                    "predictor=fasttext_clf", f"emotion.vectors.source={source}", "mlflow.enabled=false",
-                   "emotion.bootstrap.resamples=100")
+                   "emotion.bootstrap.n_resamples=100")
     prepare.run(cfg)
     emotion.run(cfg)
     pred = pd.read_parquet(tmp_path / "artifacts/emotion/fasttext_clf/predictions.parquet")
@@ -135,6 +137,6 @@ def test_wrong_label_never_scores_like_agreement_end_to_end(make_cfg, tmp_path, 
     assert (wrong["bertscore_f1_rescaled"] < wrong["bertscore_f1"]).all()
     labels = json.loads((tmp_path / "reports/emotion/label_separation.json").read_text())
     assert labels["vectors"]["source"] == source and labels["vectors"]["covered"] == 28
-    metrics = json.loads((tmp_path / "artifacts/emotion/fasttext_clf/metrics.json").read_text())
-    if metrics["emotion/wordvec_cos"] is None:                           # NaN (null) always comes with its reason
-        assert metrics["missing"]["emotion/wordvec_cos"] == wrong["wordvec_note"].mode().iloc[0]
+    metrics = read_metrics(tmp_path / "artifacts/emotion/fasttext_clf/metrics.json")
+    if math.isnan(metrics.metrics["emotion/wordvec_cos"]):              # NaN (null) always comes with its reason
+        assert metrics.missing["emotion/wordvec_cos"] == wrong["wordvec_note"].mode().iloc[0]

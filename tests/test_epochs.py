@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,9 +10,10 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, compose_cfg
-from emplifai import report
-from emplifai.epochs import system_epoch
-from emplifai.sft.runs import val_loss_per_epoch
+from emplifai.core.metrics_file import read_metrics, write_metrics
+from emplifai.report import __main__ as report
+from emplifai.report.epochs import system_epoch
+from emplifai.train.runs import val_loss_per_epoch
 
 SYSTEMS = ["gemma3-270m+base+default", "gemma3-270m+epochs=1+default", "gemma3-270m+epochs=2+default",
            "gemma3-270m+epochs=3+default", "human", "empathetic"]
@@ -44,9 +44,8 @@ def synthetic(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
     for run, losses in LOSSES.items():
         (reports / "train" / run).mkdir(parents=True)
         metrics = {"train/epochs": len(losses), **{f"train/val_loss_epoch_{k}": v for k, v in enumerate(losses, 1)}}
-        (reports / "train" / run / "metrics.json").write_text(json.dumps(metrics))
-    (reports / "train" / "old").mkdir()
-    (reports / "train" / "old" / "metrics.json").write_text(json.dumps({"train/best_val_loss": 2.1}))
+        write_metrics(reports / "train" / run / "metrics.json", metrics)
+    write_metrics(reports / "train" / "old" / "metrics.json", {"train/best_val_loss": 2.1})
     rng = np.random.default_rng(0)
     rows = []
     for i, system in enumerate(SYSTEMS):
@@ -109,7 +108,7 @@ def test_report_page_has_the_epoch_section(synthetic, make_cfg):
                     or not (ROOT / "artifacts/prepare/train.parquet").exists(), reason="run `make fixtures` first")
 def test_train_writes_val_loss_per_epoch(tmp_path):
     """A real 2-epoch LoRA run (SmolLM2, 2 examples): metrics.json holds train/epochs and one loss per epoch."""
-    from emplifai import train
+    from emplifai.train import __main__ as train
 
     for link in ("models/base", "artifacts/prepare"):  # the real weights and the sample's splits
         (tmp_path / link).parent.mkdir(exist_ok=True)
@@ -117,9 +116,9 @@ def test_train_writes_val_loss_per_epoch(tmp_path):
     metrics = train.run(compose_cfg([
         f"paths.artifacts={tmp_path}/artifacts", f"paths.reports={tmp_path}/reports", f"paths.models={tmp_path}/models",
         f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        "model=smollm2-135m", "prompt=patient_only", "threads=2", "train.epochs=2", "train.max_examples=2",
-        "train.val_max_examples=1", "train.batch_size=1", "train.max_length=40", "train.run_name='epochs=2'"]))
-    saved = json.loads((tmp_path / "reports" / "train" / "epochs=2" / "metrics.json").read_text())
+        "model=smollm2-135m", "sft_prompt=patient_only", "threads=2", "train.epochs=2", "train.sample_n=2",
+        "train.val_sample_n=1", "train.batch_size=1", "train.max_length=40", "train.run_name='epochs=2'"]))
+    saved = read_metrics(tmp_path / "reports" / "train" / "epochs=2" / "metrics.json").metrics
     assert saved["train/epochs"] == 2 and metrics["train/steps"] == 4
     losses = [saved["train/val_loss_epoch_1"], saved["train/val_loss_epoch_2"]]
     assert all(math.isfinite(v) for v in losses) and min(losses) == pytest.approx(saved["train/best_val_loss"])

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import yaml
 
 from conftest import CONF, ROOT, compose_cfg
-from emplifai.emotion import predictor_cfgs
-from emplifai.epochs import system_epoch
+from emplifai.data.taxonomy import Taxonomy
+from emplifai.emotion.__main__ import predictor_cfgs
+from emplifai.emotion.predictors import openai, resolve_predictor
+from emplifai.emotion.prompt import EmotionPrompt
 from emplifai.llm.openai_compat import OpenAICompatClient
-from emplifai.predict.predictors import openai, resolve_predictor
 from emplifai.preflight import collect
+from emplifai.report.epochs import system_epoch
 
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 STUDY_LLMS = ("llm-jp-3.1-13b-instruct4", "llama-3-swallow-8b-instruct-v0.1", "medllama3-jp")
@@ -32,8 +35,8 @@ def test_no_preset_by_default():
 
 @pytest.mark.parametrize("model", STUDY_LLMS)
 def test_study_preset_values_reach_the_stages(model):
-    from emplifai.generate import adapter_dirs
-    from emplifai.train import run_slug
+    from emplifai.generate.__main__ import adapter_dirs
+    from emplifai.train.__main__ import run_slug
 
     cfg = compose_cfg(["experiment=emplifai_study", f"model={model}"])
     assert cfg.device == "cuda" and cfg.model.compute_dtype == "bfloat16" and cfg.train.precision == "bf16-mixed"
@@ -41,13 +44,15 @@ def test_study_preset_values_reach_the_stages(model):
     (one,) = predictor_cfgs(cfg)
     assert one.predictor.name == f"vllm-{model}" and resolve_predictor(one.predictor) is openai
     assert OpenAICompatClient.from_config(one.predictor).model == model
+    prompt = EmotionPrompt.from_config(one, Taxonomy.from_config(cfg.taxonomy), pd.DataFrame(), int(cfg.seed))
+    assert prompt.example == cfg.emotion.prompt.example and prompt.system == cfg.predictor.system  # emotion.prompt
     # train: the 1-3 epoch sweep, adapters models/sft/epochs=<k> (as DVC's train@<k> names them); generate
     # loads exactly those, and the report puts them on its epoch axis
     assert list(cfg.train.sweep.epochs) == [1, 2, 3] and cfg.train.run_name is None
     assert [run_slug(cfg, [f"train.epochs={k}"]) for k in (1, 2, 3)] == ["epochs=1", "epochs=2", "epochs=3"]
     dirs = adapter_dirs(cfg)
     assert dirs == [ROOT / "models" / "sft" / f"epochs={k}" for k in (1, 2, 3)]
-    systems = [f"{model}+{d.name}+{cfg.prompt.name}" for d in dirs]
+    systems = [f"{model}+{d.name}+{cfg.sft_prompt.name}" for d in dirs]
     assert [system_epoch(s, {})[2] for s in systems] == [1.0, 2.0, 3.0]
     # judge: R1 through vLLM
     client = OpenAICompatClient.from_config(cfg.judge)
@@ -70,7 +75,7 @@ def test_study_preset_preflight_plan(tmp_path):
 
 def test_dvc_composes_the_preset(tmp_path):
     """`dvc exp run -S experiment=emplifai_study` composes params.yaml the same way."""
-    from emplifai.params import write_params
+    from emplifai.core.params import write_params
 
     params = yaml.safe_load(write_params(ROOT, ["experiment=emplifai_study"], tmp_path / "p.yaml").read_text())
     assert params["device"] == "cuda" and params["model"]["name"] == "llm-jp-3.1-13b-instruct4"
@@ -84,7 +89,7 @@ def test_dvc_composes_the_preset(tmp_path):
 def test_study_preset_cli_sweep_names_adapters_by_epoch():
     """The header's `python -m emplifai.train -m experiment=emplifai_study train.epochs=1,2,3`: the preset is no
     part of the run name, so the folders are epochs=<k>, what generate's `sweep` looks for."""
-    from emplifai.train import run_slug
+    from emplifai.train.__main__ import run_slug
 
     for k in (1, 3):
         cfg = compose_cfg(["experiment=emplifai_study", f"train.epochs={k}"])

@@ -18,9 +18,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, SAMPLE, compose_cfg
-from emplifai import judge, prepare
-from emplifai.judging.parse import parse_score, weighted_from_top_logprobs, weighted_score
-from emplifai.judging.rubric import JudgeItem, PromptBuilder, Rubric, RubricError
+from emplifai.judge import __main__ as judge
+from emplifai.judge.parse import parse_score, weighted_from_top_logprobs, weighted_score
+from emplifai.judge.rubric import JudgeItem, JudgePrompt, Rubric, RubricError
+from emplifai.prepare import __main__ as prepare
 from llm_testserver import LLMTestServer
 
 FAST = ["judge.backoff_s=0.005", "judge.max_backoff_s=0.02"]
@@ -100,7 +101,7 @@ def test_rubric_any_criteria_set_and_bad_rubric(tmp_path):
 def test_prompt_hides_system_and_shows_emotion_only_where_asked():
     cfg = compose_cfg([])
     r = Rubric.from_config(cfg.judge)
-    b = PromptBuilder(cfg.judge.prompt, r)
+    b = JudgePrompt(cfg.judge.grading_prompt, r)
     item = JudgeItem("r1", "d1", "SECRET_SYSTEM", "rated", "状況", "患者", "応答", "悲しみ")
     prompts = {c.key: b.full_prompt(item, c) for c in r.criteria}
     assert not any("SECRET_SYSTEM" in p for p in prompts.values())
@@ -121,7 +122,7 @@ def test_hf_local_real_model_shared_prefix_equals_independent_and_caches(jcfg, t
     """SmolLM2-135M judges 2 responses for real (short 3-criterion rubric: SmolLM2 splits Japanese into
     many tokens; the full rubric with Gemma runs in the slow test below)."""
     (tmp_path / "mini.yaml").write_text(yaml.safe_dump(MINI, allow_unicode=True), encoding="utf-8")
-    base = ("judge.model=smollm2-135m", "judge.max_items=2", f"judge.rubric_file={tmp_path}/mini.yaml",
+    base = ("judge.model=smollm2-135m", "judge.stratified_n=2", f"judge.rubric_file={tmp_path}/mini.yaml",
             "mlflow.enabled=false")
     metrics = judge.run(jcfg(*base))
     scores = pd.read_parquet(tmp_path / "artifacts" / "judge" / "hf_local" / "scores.parquet")
@@ -143,7 +144,7 @@ def test_hf_local_real_model_shared_prefix_equals_independent_and_caches(jcfg, t
 @pytest.mark.slow
 def test_hf_local_gemma_full_rubric_stage(jcfg, tmp_path):
     """The default judge (Gemma-3-270M, seven criteria) on a stratified handful of the sample."""
-    m = judge.run(jcfg("judge.max_items=4"))
+    m = judge.run(jcfg("judge.stratified_n=4"))
     scores = pd.read_parquet(tmp_path / "artifacts" / "judge" / "hf_local" / "scores.parquet")
     assert len(scores) == 28 and scores["score"].between(1, 5).all() and m["judge/parse_failure_rate"] == 0
     assert set(scores["system"]) >= {"human"}
@@ -162,7 +163,7 @@ def judge_reply(body: dict) -> str:
 
 def openai_overrides(srv: LLMTestServer, *extra: str) -> list[str]:
     return ["judge=openai", f"judge.base_url={srv.base_url}", "judge.model=test-model", "judge.api_key_env=null",
-            "judge.max_items=4",
+            "judge.stratified_n=4",
             "judge.show_progress=false", "judge.timeout_s=2", "mlflow.enabled=false", *FAST, *extra]
 
 
@@ -190,7 +191,7 @@ def test_openai_judge_parse_failures_retries_cache_and_isolation(jcfg, tmp_path)
 def test_openai_judge_against_transformers_serve(jcfg, tmp_path, real_llm_server):
     """The real thing: transformers' own OpenAI-compatible server (it ignores json mode and logprobs)."""
     over = ["judge=openai", f"judge.base_url={real_llm_server.base_url}", f"judge.model={real_llm_server.model}",
-            "judge.api_key_env=null", "judge.max_items=1", "judge.max_tokens=12", "judge.timeout_s=120",
+            "judge.api_key_env=null", "judge.stratified_n=1", "judge.max_tokens=12", "judge.timeout_s=120",
             "judge.concurrency=2", "judge.show_progress=false", "mlflow.enabled=false", *FAST]
     m = judge.run(jcfg(*over))
     scores = pd.read_parquet(tmp_path / "artifacts" / "judge" / "openai" / "scores.parquet")
@@ -204,17 +205,17 @@ def test_openai_judge_against_transformers_serve(jcfg, tmp_path, real_llm_server
 
 
 def test_openai_every_request_failing_is_a_setup_error(jcfg, tmp_path):
-    from emplifai.errors import UserError
+    from emplifai.core.errors import UserError
 
     with LLMTestServer(default="400") as srv:  # e.g. a model id the server does not serve
         with pytest.raises(UserError, match=r"all 7 requests to .* failed, e.g. HTTP 400.*check base_url, model"):
-            judge.run(jcfg(*openai_overrides(srv, "judge.max_items=1")))
+            judge.run(jcfg(*openai_overrides(srv, "judge.stratified_n=1")))
     assert not (tmp_path / "artifacts" / "judge" / "openai" / "scores.parquet").exists()  # no all-NaN table
 
 
 def test_openai_hang_past_timeout_is_nan_not_abort(jcfg, tmp_path):
     with LLMTestServer(reply_fn=judge_reply, script=["hang"], hang_s=5) as srv:
-        m = judge.run(jcfg(*openai_overrides(srv, "judge.max_items=1", "judge.max_retries=0", "judge.timeout_s=0.5",
+        m = judge.run(jcfg(*openai_overrides(srv, "judge.stratified_n=1", "judge.max_retries=0", "judge.timeout_s=0.5",
                                              "judge.concurrency=1", "judge.max_failure_rate=null")))
     scores = pd.read_parquet(tmp_path / "artifacts" / "judge" / "openai" / "scores.parquet")
     assert len(scores) == 7 and scores["detail"].str.startswith("error: timeout").sum() == 1
@@ -223,7 +224,7 @@ def test_openai_hang_past_timeout_is_nan_not_abort(jcfg, tmp_path):
 
 CRASH = """
 import sys
-from emplifai import judge
+from emplifai.judge import __main__ as judge
 from conftest import compose_cfg
 judge.run(compose_cfg(sys.argv[1:]))
 """

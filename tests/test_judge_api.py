@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from emplifai import judge
-from emplifai.errors import UserError
-from emplifai.judging.parse import parse_score, score_reply, weighted_from_top_logprobs
+from emplifai.core.errors import UserError
+from emplifai.core.metrics_file import read_metrics
+from emplifai.judge import __main__ as judge
+from emplifai.judge.parse import parse_score, score_reply, weighted_from_top_logprobs
 from llm_testserver import LLMTestServer
 
 PREPARED = ROOT / "artifacts" / "prepare"
@@ -64,7 +65,7 @@ def cfg(tmp_path, make_cfg):
     shutil.copytree(PREPARED, tmp_path / "artifacts" / "prepare")
 
     def _make(srv_url: str, *extra: str):
-        return make_cfg("judge=vllm", f"judge.base_url={srv_url}", "judge.model=test-model", "judge.max_items=4",
+        return make_cfg("judge=vllm", f"judge.base_url={srv_url}", "judge.model=test-model", "judge.stratified_n=4",
                         f"judge.cache={tmp_path}/judge.sqlite", "judge.show_progress=false", "judge.timeout_s=5",
                         "judge.backoff_s=0.005", "judge.max_backoff_s=0.02", "mlflow.enabled=false", *extra)
 
@@ -189,7 +190,7 @@ def test_failures_under_the_limit_complete_with_api_errors_counted(cfg, tmp_path
     assert s.loc["fluency", "score"].isna().all()
     assert s.loc["fluency", "detail"].str.startswith("error: HTTP 500").all()
     assert m["judge/api_errors"] == 4 and m["judge/fluency/parse_failures"] == 0
-    assert json.loads((tmp_path / "reports" / "judge" / "vllm" / "metrics.json").read_text())["judge/api_errors"] == 4
+    assert read_metrics(tmp_path / "reports" / "judge" / "vllm" / "metrics.json").metrics["judge/api_errors"] == 4
 
 
 def test_dead_server_fails_in_seconds_not_hours(cfg, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from emplifai.errors import UserError
+from emplifai.core.errors import UserError
 from emplifai.llm import (
     ChatRequest,
     OpenAICompatClient,

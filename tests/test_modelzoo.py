@@ -18,9 +18,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from emplifai.modelzoo import ModelNotFound, encoder_dir, load_causal_lm, load_encoder, resolve_device
-from emplifai.modelzoo import e5 as e5conv
-from emplifai.modelzoo.materialize import MANIFEST, is_current, materialize
+from emplifai.lm import ModelNotFound, encoder_dir, load_causal_lm, load_encoder, resolve_device
+from emplifai.models import e5 as e5conv
+from emplifai.models.materialize import MANIFEST, is_current, materialize
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]

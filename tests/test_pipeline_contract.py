@@ -118,7 +118,7 @@ def import_closure(stage: str) -> set[Path]:
     imports are not followed: it imports what checking one stage needs (that stage's module, config.py for
     a hint) only when checking that stage, and what it reads does not shape outputs (NOT_SHAPING_FILES)."""
     seen: set[Path] = set()
-    todo = [f"emplifai.{stage}"]
+    todo = [f"emplifai.{stage}.__main__"]
     while todo:
         parts = todo.pop().split(".")
         for i in range(1, len(parts) + 1):
@@ -216,8 +216,8 @@ def test_params_cover_every_config_key_the_stage_reads(stages, params_cfg, stage
 def test_config_scan_sees_what_it_should():
     top = {"paths", "emotion", "predictor", "mlflow", "seed", "conf_dir"}
     assert {"emotion.predictors", "emotion.overrides", "predictor.name", "mlflow.run_name"} <= \
-        config_reads(PKG / "emotion.py", top)
-    assert "conf_dir" in config_reads(PKG / "config.py", top)
+        config_reads(PKG / "emotion" / "__main__.py", top)
+    assert "conf_dir" in config_reads(PKG / "core" / "config.py", top)
 
 
 # ---- conf/: groups composed at run time are deps --------------------------------------------------------------
@@ -227,7 +227,9 @@ def test_groups_composed_at_run_time_are_deps(stages, params_cfg, monkeypatch):
     record what Hydra composes: each group is a `conf/<group>` dep of that stage."""
     import hydra
 
-    from emplifai import emotion, judge, models
+    from emplifai.emotion import __main__ as emotion
+    from emplifai.judge import __main__ as judge
+    from emplifai.models import __main__ as models
 
     composed: list[str] = []
     real = hydra.compose
@@ -240,7 +242,7 @@ def test_groups_composed_at_run_time_are_deps(stages, params_cfg, monkeypatch):
     monkeypatch.chdir(ROOT)
     runs = {"emotion": lambda: emotion.predictor_cfgs(params_cfg),
             "judge": lambda: judge.judge_model_cfg(OmegaConf.merge(params_cfg, {"judge": {"model": "smollm2-135m"}})),
-            "models": lambda: models.packaged_specs(params_cfg, list(params_cfg.materialize.names))}
+            "models": lambda: models.packaged_specs(params_cfg, list(params_cfg.models.names))}
     for stage, fn in runs.items():
         composed.clear()
         fn()
@@ -255,8 +257,8 @@ def test_compose_option_honours_defaults_interpolations_and_the_running_app(para
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from emplifai.config import compose_option
-    from emplifai.errors import UserError
+    from emplifai.core.config import compose_option
+    from emplifai.core.errors import UserError
 
     monkeypatch.chdir(ROOT)
     cfg = OmegaConf.merge(params_cfg, {"seed": 7, "paths": {"root": "/x"}})
@@ -265,17 +267,18 @@ def test_compose_option_honours_defaults_interpolations_and_the_running_app(para
         vllm = compose_option(cfg, "predictor", "vllm").predictor
         assert GlobalHydra.instance().hydra is running
     assert vllm.name == "vllm" and vllm.type == "openai" and vllm.concurrency == 32  # its own keys win
-    assert vllm.prompt.few_shot == 2 and vllm.seed == 7                 # from `defaults: [openai]`; ${seed}
+    assert vllm.max_tokens == 16 and vllm.seed == 7                     # from `defaults: [openai]`; ${seed}
+    assert vllm.timeout_s == 60 and vllm.api_key_env is None            # conf/llm via openai's defaults; its own
     assert vllm.cache == "/x/.cache/emotion.sqlite"                      # ${paths.root} of this run
     with pytest.raises(UserError, match="hf_rank"):                      # the message lists the options
         compose_option(cfg, "predictor", "nope")
 
 
 def test_stage_helpers_compose_from_conf(params_cfg, monkeypatch):
-    from emplifai.emotion import predictor_cfgs
-    from emplifai.errors import UserError
-    from emplifai.judge import judge_model_cfg
-    from emplifai.models import packaged_specs
+    from emplifai.core.errors import UserError
+    from emplifai.emotion.__main__ import predictor_cfgs
+    from emplifai.judge.__main__ import judge_model_cfg
+    from emplifai.models.__main__ import packaged_specs
 
     monkeypatch.chdir(ROOT)
     cfg = OmegaConf.merge(params_cfg, {"paths": {"models": "/m"}})
@@ -298,9 +301,9 @@ def test_stage_helpers_compose_from_conf(params_cfg, monkeypatch):
 # ---- lists in params that dvc.yaml spells out by index ---------------------------------------------------------
 
 def test_indexed_lists_match_params(stages, params_cfg, monkeypatch):
-    """DVC cannot splice a params list into deps/outs, so dvc.yaml indexes the sweep and materialize.names;
+    """DVC cannot splice a params list into deps/outs, so dvc.yaml indexes the sweep and models.names;
     the lengths must agree, and the adapter folders must be exactly what generate resolves (no stale one)."""
-    from emplifai.generate import adapter_dirs
+    from emplifai.generate.__main__ import adapter_dirs
 
     monkeypatch.chdir(ROOT)
     adapters = sorted(str(p.relative_to(ROOT)) for p in adapter_dirs(params_cfg))
@@ -313,7 +316,7 @@ def test_indexed_lists_match_params(stages, params_cfg, monkeypatch):
     assert sorted(d.split("/")[2] for d in report if d.startswith("reports/train/")
                   and d.endswith("metrics.json")) == slugs
     assert "reports/emotion" in stages["emotion"]["outs"]  # every predictor's reports, whatever the list holds
-    assert sorted(Path(o).name for o in stages["models"]["outs"]) == sorted(params_cfg.materialize.names)
+    assert sorted(Path(o).name for o in stages["models"]["outs"]) == sorted(params_cfg.models.names)
     assert f"artifacts/judge/{params_cfg.judge.name}/scores.parquet" in report
 
 
@@ -353,7 +356,7 @@ def report_inputs(stages: dict, params_cfg: DictConfig, into: Path) -> None:
 def opened_by_report(tmp_path: Path, monkeypatch) -> set[str]:
     """Relative paths of the files `report.run` reads under tmp_path (audit hook for open(), pandas for
     parquet, which pyarrow opens outside Python)."""
-    from emplifai import report
+    from emplifai.report import __main__ as report
 
     seen: set[str] = set()
     active = [True]
@@ -425,8 +428,8 @@ def test_params_change_flags_exactly_the_stages_that_read_it(tmp_path, stages, m
     """`dvc status` after a predictor setting changes in params.yaml (recomposed from conf/ by DVC's own
     compose, as `dvc exp run -S` does): emotion is flagged, prepare and judge are not; and the value is
     what the predictor gets."""
-    from emplifai.emotion import predictor_cfgs
-    from emplifai.params import write_params
+    from emplifai.core.params import write_params
+    from emplifai.emotion.__main__ import predictor_cfgs
 
     repo = temp_repo(tmp_path)
     subprocess.run([*DVC, "init", "-q", "--no-scm"], cwd=repo, check=True, env=ENV)
@@ -515,7 +518,7 @@ def readme_generate_lines() -> list[str]:
     """Every `python -m emplifai.generate ...` command where a user reads one: README, the config header,
     the stage's docstring."""
     lines = []
-    for path in (ROOT / "README.md", ROOT / "conf/generate/default.yaml", PKG / "generate.py"):
+    for path in (ROOT / "README.md", ROOT / "conf/generate/default.yaml", PKG / "generate" / "__main__.py"):
         for line in path.read_text(encoding="utf-8").splitlines():
             at = line.find("python -m emplifai.generate")
             if at >= 0:  # in markdown prose or a table: the inline code span only
@@ -526,7 +529,7 @@ def readme_generate_lines() -> list[str]:
 def test_readme_generate_commands_parse_as_typed():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from emplifai.generate import adapter_dirs
+    from emplifai.generate.__main__ import adapter_dirs
 
     lines = readme_generate_lines()
     assert any("epochs=1" in line for line in lines)
@@ -547,7 +550,7 @@ def cli_results(stages, tmp_path_factory) -> tuple[list[Any], str]:
     params["paths"] = {k: str(work / k) for k in ("root", "artifacts", "reports", "models", "log_dir")}
     params["paths"]["root"] = str(work)
     params["mlflow"]["enabled"] = False
-    params["materialize"]["names"] = []  # starting `models` must not rebuild 1.3 GB of weights
+    params["models"]["names"] = []  # starting `models` must not rebuild 1.3 GB of weights
     (work / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
     shutil.copytree(ROOT / "conf", work / "conf")
     calls = []

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from conftest import ROOT
-from emplifai import judge, preflight
+from emplifai import preflight
+from emplifai.judge import __main__ as judge
 from emplifai.preflight import PreflightError
 from llm_testserver import LLMTestServer
 

@@ -14,8 +14,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, compose_cfg, write_csv
-from emplifai import prepare
-from emplifai.params import write_params
+from emplifai.core.params import write_params
+from emplifai.prepare import __main__ as prepare
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # dvc stages call `python`

@@ -16,15 +16,15 @@ import torch
 
 from conftest import CONF, ROOT, compose_cfg
 from emplifai.data.taxonomy import Taxonomy
-from emplifai.modelzoo import load_causal_lm, load_tokenizer
-from emplifai.sft.adapter import attach_lora, load_adapter, save_adapter
-from emplifai.sft.datamodule import LengthBucketSampler, collate, read_split
-from emplifai.sft.generation import generate
-from emplifai.sft.module import ChunkedHeadLoss, NoTargetTokens, target_loss
-from emplifai.sft.prompts import IGNORE, PromptBuilder, PromptError
+from emplifai.generate.generation import generate
+from emplifai.lm import load_causal_lm, load_tokenizer
+from emplifai.train.adapter import attach_lora, load_adapter, save_adapter
+from emplifai.train.datamodule import LengthBucketSampler, collate, read_split
+from emplifai.train.examples import IGNORE, PromptError, SFTPrompt
+from emplifai.train.module import ChunkedHeadLoss, NoTargetTokens, target_loss
 
 PREPARED = ROOT / "artifacts" / "prepare"
-SMOL = ["model=smollm2-135m", "prompt=patient_only", "threads=2"]
+SMOL = ["model=smollm2-135m", "sft_prompt=patient_only", "threads=2"]
 needs_models = pytest.mark.skipif(not (ROOT / "models/base/smollm2-135m/config.json").exists()
                                   or not (ROOT / "models/base/gemma3-270m/config.json").exists(),
                                   reason="run `dvc repro models` first")
@@ -37,10 +37,10 @@ def tokenizer_for(model: str):
     return load_tokenizer(compose_cfg([f"model={model}"]).model)  # Gemma's 262k vocab: load once
 
 
-def builder_for(*overrides: str) -> PromptBuilder:
+def builder_for(*overrides: str) -> SFTPrompt:
     cfg = compose_cfg(list(overrides))
     tok = tokenizer_for(cfg.model.name)
-    return PromptBuilder.from_config(cfg.prompt, str(cfg.model.chat_format), tok, Taxonomy.from_config(cfg.taxonomy))
+    return SFTPrompt.from_config(cfg.sft_prompt, str(cfg.model.chat_format), tok, Taxonomy.from_config(cfg.taxonomy))
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +56,12 @@ def smol_model():
     return model
 
 
-def batch_of(builder: PromptBuilder, rows: list[dict], max_length: int = 64) -> dict[str, torch.Tensor]:
+def batch_of(builder: SFTPrompt, rows: list[dict], max_length: int = 64) -> dict[str, torch.Tensor]:
     return collate([builder.encode(r, max_length) for r in rows], builder.tokenizer.pad_token_id)
 
 
 @pytest.mark.parametrize("overrides", [["model=gemma3-270m"], ["model=smollm2-135m"],
-                                       ["model=gemma3-270m", "prompt=no_emotion"]])
+                                       ["model=gemma3-270m", "sft_prompt=no_emotion"]])
 def test_mask_covers_exactly_the_supporter_turn(overrides, rows):
     b = builder_for(*overrides)
     tok = b.tokenizer
@@ -92,9 +92,9 @@ def test_truncation_keeps_the_target_and_the_budget(rows):
 
 def test_bad_template_is_a_clear_error():
     cfg = compose_cfg()
-    cfg.prompt.template = "状況: {situaton}\n患者さん: {patient}"
+    cfg.sft_prompt.template = "状況: {situaton}\n患者さん: {patient}"
     with pytest.raises(PromptError, match="situaton"):
-        PromptBuilder.from_config(cfg.prompt, "plain", tokenizer_for(cfg.model.name), Taxonomy.from_config(cfg.taxonomy))
+        SFTPrompt.from_config(cfg.sft_prompt, "plain", tokenizer_for(cfg.model.name), Taxonomy.from_config(cfg.taxonomy))
 
 
 def test_length_buckets_cover_everything_once_with_little_padding():
@@ -234,14 +234,14 @@ def tiny(tmp_path: Path) -> list[str]:
         (tmp_path / "models" / "base").symlink_to(ROOT / "models" / "base")
     return [f"paths.artifacts={tmp_path}/artifacts", f"paths.reports={tmp_path}/reports",
             f"paths.models={tmp_path}/models", f"paths.log_dir={tmp_path}/logs",
-            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *SMOL, "train.max_examples=4",
-            "train.val_max_examples=2", "train.batch_size=2", "train.max_length=40", "train.lr=1e-3"]
+            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", *SMOL, "train.sample_n=4",
+            "train.val_sample_n=2", "train.batch_size=2", "train.max_length=40", "train.lr=1e-3"]
 
 
 @pytest.mark.slow
 def test_train_resumes_then_generate_writes_every_system(tmp_path):
-    from emplifai import generate as gen_stage
-    from emplifai import train
+    from emplifai.generate import __main__ as gen_stage
+    from emplifai.train import __main__ as train
 
     first = train.run(compose_cfg(tiny(tmp_path) + ["train.max_steps=1"]))
     assert first["train/steps"] == 1
@@ -264,19 +264,24 @@ def test_train_resumes_then_generate_writes_every_system(tmp_path):
     assert {"val/loss", "train/lr", "train/target_tokens_per_s", "train/peak_mem_mb", "train/adapter_mb"} \
         <= set(runs[1].data.metrics)
 
-    out = gen_stage.run(compose_cfg(tiny(tmp_path) + ["generate.max_examples=2", "generate.max_new_tokens=4",
+    out = gen_stage.run(compose_cfg(tiny(tmp_path) + ["generate.sample_n=2", "generate.max_new_tokens=4",
                                                       f"generate.adapters=[{adapter}]"]))
     frame = pd.read_parquet(tmp_path / "artifacts" / "generate" / "responses.parquet")
     assert list(frame.columns) == gen_stage.COLUMNS and len(frame) == 4
     assert set(frame["system"]) == {"smollm2-135m+base+patient_only", "smollm2-135m+default+patient_only"}
     assert 0 < out["generate/smollm2-135m_default_patient_only/bertscore_f1"] <= 1
+    from emplifai.core.metrics_file import read_metrics
+
+    saved = read_metrics(tmp_path / "reports" / "generate" / "metrics.json")      # what MLflow got, on disk
+    assert list(saved.metrics) == list(out) and saved.metrics["generate/responses"] == 4
+    assert saved.tags["systems"] == "smollm2-135m+base+patient_only | smollm2-135m+default+patient_only"
 
 
 @pytest.mark.slow
 def test_epoch_multirun_gives_parent_and_children(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "emplifai.train", "-m", "train.epochs=1,2", *tiny(tmp_path),
-           "train.max_examples=2", "train.val_max_examples=1"]
+           "train.sample_n=2", "train.val_sample_n=1"]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     from mlflow.tracking import MlflowClient

@@ -4,7 +4,7 @@
     python -m emplifai.preflight experiment=emplifai_study    # the study's setup: weights, vLLM servers, GPU
 
 Every stage's `run(cfg)` starts with `check(cfg, "<stage>")`. It looks only at what that stage uses: model
-folders (a config.json where `emplifai.modelzoo` will look), LoRA adapters, `device=cuda`, and each
+folders (a config.json where `emplifai.lm` will look), LoRA adapters, `device=cuda`, and each
 configured OpenAI-compatible server (`GET {base_url}/models` must list the configured model id, within a
 few seconds, with the key from `$api_key_env` when one is named — the key is never printed). Every problem
 is reported at once, in one line with its fix (UserError: exit 2). `preflight=false` skips the check.
@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from emplifai.errors import UserError, reported
-from emplifai.paths import resolve
+from emplifai.core.app import stage_main
+from emplifai.core.errors import UserError
+from emplifai.core.paths import resolve
 
 PIPELINE = ("prepare", "emotion", "train", "generate", "judge", "agreement", "report")
 TIMEOUT_S = 5.0  # a server that cannot list its models in 5 s will not grade thousands of responses either
@@ -57,7 +57,7 @@ def _plain(node: Any) -> dict[str, Any]:
 
 
 def weights(stage: str, kind: str, mcfg: Mapping[str, Any], packaged_names: Iterable[str] = ()) -> Item:
-    """A model/encoder folder with config.json, where modelzoo.load looks (or an allowed hub download)."""
+    """A model/encoder folder with config.json, where lm.load looks (or an allowed hub download)."""
     name = mcfg.get("name")
     path = resolve(mcfg["path"]) if mcfg.get("path") else None
     item = Item(stage, f"{kind} {name}", str(path or "(no path)"))
@@ -68,7 +68,7 @@ def weights(stage: str, kind: str, mcfg: Mapping[str, Any], packaged_names: Iter
         return item
     item.problem = "no config.json there"
     if mcfg.get("packaged"):
-        item.fix = f"`dvc repro models` (or `python -m emplifai.models materialize.names=[{name}]`)"
+        item.fix = f"`dvc repro models` (or `python -m emplifai.models models.names=[{name}]`)"
         item.made_by = "models" if name in set(packaged_names) else ""
     else:
         item.fix = (f"`huggingface-cli download {mcfg.get('hub_id') or '<hub id>'} --local-dir {path}`, "
@@ -151,7 +151,7 @@ def device(stage: str, cfg: DictConfig) -> list[Item]:
 
 def _hub_id(cfg: DictConfig, name: Any) -> str:
     """The hub id of conf/model/<served model id>.yaml, for the `vllm serve` hint; "<weights>" if none."""
-    from emplifai.config import option_values
+    from emplifai.core.config import option_values
 
     try:
         return str(option_values(cfg, "model", str(name)).get("hub_id") or "<weights>")
@@ -170,14 +170,16 @@ def _servers(stage: str, cfg: DictConfig) -> list[tuple[str, str, dict]]:
 
 
 def _predictors(cfg: DictConfig) -> list[Any]:
-    from emplifai.emotion import predictor_cfgs  # how the emotion stage itself composes its predictors
+    from emplifai.emotion.__main__ import (
+        predictor_cfgs,  # how the emotion stage itself composes its predictors
+    )
 
     return [one.predictor for one in predictor_cfgs(cfg)]
 
 
 def local_items(cfg: DictConfig, stage: str) -> list[Item]:
     """Everything but servers: weights, adapters, device. Config errors become items too."""
-    packaged = list(cfg.get("materialize", {}).get("names") or [])
+    packaged = list(cfg.get("models", {}).get("names") or [])
     model = _plain(cfg.model)
     items: list[Item] = []
     if stage == "prepare" and not resolve(cfg.data.raw_dir).is_dir():
@@ -202,14 +204,14 @@ def local_items(cfg: DictConfig, stage: str) -> list[Item]:
         items.append(weights(stage, "model", model, packaged))
     if stage == "generate":
         items.append(weights(stage, "encoder", _plain(cfg.encoder), packaged))
-        from emplifai.generate import adapter_dirs
+        from emplifai.generate.__main__ import adapter_dirs
 
         try:  # `sweep` → the train sweep's folders, exactly as generate resolves them
             items += [adapter(stage, str(a), str(model.get("name"))) for a in adapter_dirs(cfg)]
         except UserError as err:
             items.append(Item(stage, "generate.adapters", str(cfg.generate.get("adapters")), str(err)))
     if stage == "judge" and cfg.judge.get("backend") == "hf_local":
-        from emplifai.judge import judge_model_cfg
+        from emplifai.judge.__main__ import judge_model_cfg
 
         try:
             items.append(weights(stage, "judge model", judge_model_cfg(cfg), packaged))
@@ -275,11 +277,5 @@ def pipeline(cfg: DictConfig) -> list[Item]:
     return items
 
 
-@hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
-@reported
-def main(cfg: DictConfig) -> None:
-    pipeline(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    stage_main("preflight", pipeline)

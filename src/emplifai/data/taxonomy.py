@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from emplifai.errors import UserError
-from emplifai.paths import resolve
+from emplifai.core.errors import UserError
+from emplifai.core.paths import resolve
 
 
 class TaxonomyError(UserError):

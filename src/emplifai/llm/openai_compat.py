@@ -25,7 +25,7 @@ import httpx
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from emplifai.errors import UserError
+from emplifai.core.errors import UserError
 from emplifai.llm.cache import ResponseCache, cache_key
 from emplifai.llm.protocol import (
     ChatRequest,

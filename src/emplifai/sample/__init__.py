@@ -13,7 +13,7 @@ SAMPLE_DIR = Path(__file__).parent
 FILES = ("situations.csv", "dialogues.csv", "rated_responses.csv", "human_ratings.csv")
 
 
-def materialize(dest: Path, force: bool = False) -> bool:
+def write_sample(dest: Path, force: bool = False) -> bool:
     """Copy the sample into `dest` unless it already holds data; True if copied."""
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()) and not force:

@@ -3,9 +3,9 @@
 import sys
 from pathlib import Path
 
-from emplifai.sample import materialize
+from emplifai.sample import write_sample
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 target = Path(args[0] if args else "data")
-copied = materialize(target, force="--force" in sys.argv)
+copied = write_sample(target, force="--force" in sys.argv)
 print(f"sample data {'copied to' if copied else 'left as is in'} {target}/")

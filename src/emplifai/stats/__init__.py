@@ -1,1 +1,0 @@
-"""Agreement statistics as thin wrappers over scipy / scikit-learn / krippendorff (no hand-written formulas)."""
