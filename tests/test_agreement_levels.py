@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from emplifai.metrics import systems, tables
 from emplifai.metrics.bootstrap import draws_within, paired_ci
@@ -162,3 +163,109 @@ def test_draws_within_keep_each_group():
     groups = np.array(["a", "a", "b", "b", "b"])
     idx = draws_within(groups, 50, 0)
     assert (groups[idx] == groups).all()
+
+
+# ---- n counts scored pairs only: a failed judge reply (NaN) is no item ---------------------------------------------
+
+def test_failed_judge_scores_are_no_items_for_n_or_the_cis():
+    """Judge replies that failed (score NaN) count nowhere: a response the judge failed on entirely gives the
+    very table (n, coefficients, CIs) of the scores without it, so its CIs resample only scored responses; a
+    criterion's n counts its scored pairs."""
+    scores, ratings = random_study(n=33)
+    failed = scores["response_id"].isin(["r030", "r031", "r032"])  # rated by humans, every judge reply failed
+    with_nan = scores.assign(score=scores["score"].mask(failed))
+    clean, _, _ = table(scores[~failed], ratings)
+    nan, _, _ = table(with_nan, ratings)
+    assert nan.loc[["c1", "macro", "response_level"], "n"].tolist() == [30, 30, 30]
+    pd.testing.assert_frame_equal(nan, clean)  # n and every CI from the 30 scored responses
+    before = tables.merge(scores, ratings)  # what the old merge kept: the failed responses as NaN judge rows
+    assert tables.merge(with_nan, ratings)["judge"].notna().all() and len(before) == 99
+    # some criteria failed on some responses: their n counts the scored pairs, per system too
+    partial = with_nan.copy()
+    partial.loc[partial["response_id"].isin(["r000", "r001"]) & (partial["criterion"] == "c2"), "score"] = np.nan
+    t, _, _ = table(partial, ratings)
+    assert (t.loc["c1", "n"], t.loc["c2", "n"], t.loc["c3", "n"]) == (30, 28, 30)
+    assert t.loc["response_level", "n"] == 28   # a response mean needs every criterion
+    assert t.loc["c2", "spearman_ci_low"] <= t.loc["c2", "spearman"] <= t.loc["c2", "spearman_ci_high"]
+    per = tables.per_system(tables.merge(partial, ratings), 1, 5).set_index("criterion")
+    assert per.loc["c2", "n"] == 28 and per.loc["c1", "n"] == 30
+
+
+# ---- provenance: only the configured judge, of the current data version ---------------------------------------------
+
+@pytest.fixture
+def judged(make_cfg, tmp_path):
+    """The sample prepared under tmp_path, and `judge(name, version)`: a judge output (scores + metrics file
+    with its data version) as the judge stage writes them."""
+    import shutil
+
+    from conftest import SAMPLE
+    from emplifai.core import tracking
+    from emplifai.core.metrics_file import write_metrics
+    from emplifai.prepare import __main__ as prepare
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for table_file in SAMPLE.glob("*.csv"):
+        shutil.copy(table_file, raw / table_file.name)
+    cfg = make_cfg(f"data.raw_dir={raw}", "mlflow.enabled=false", "agreement.bootstrap.n_resamples=50")
+    prepare.run(cfg)
+    prep = tmp_path / "artifacts" / "prepare"
+    human = pd.read_parquet(prep / "human_ratings.parquet").groupby(["response_id", "criterion"], as_index=False)[
+        "score"].mean()
+    systems_of = pd.read_parquet(prep / "rated_responses.parquet")[["response_id", "system"]]
+
+    def judge(name: str, version: str, shift: float = 0.0) -> None:
+        s = human.merge(systems_of, on="response_id")
+        s["score"] = np.clip(s["score"] + shift + np.random.default_rng(0).normal(scale=0.5, size=len(s)), 1, 5)
+        (tmp_path / "artifacts" / "judge" / name).mkdir(parents=True, exist_ok=True)
+        s.to_parquet(tmp_path / "artifacts" / "judge" / name / "scores.parquet")
+        write_metrics(tmp_path / "reports" / "judge" / name / "metrics.json", {"judge/responses": len(s)},
+                      tags={"judge": name, "data_version": version})
+
+    return cfg, tracking.data_version(raw), judge
+
+
+def test_agreement_reads_only_the_configured_judge_and_refuses_another_data_version(judged, make_cfg, tmp_path):
+    from emplifai.agreement import __main__ as agreement
+    from emplifai.core.errors import UserError
+    from emplifai.core.metrics_file import read_metrics
+
+    cfg, current, judge = judged
+    name = str(cfg.judge.name)
+    judge(name, current)
+    judge("old_judge", "content-0123456789abcdef0123456789ab", shift=1.5)  # stale: other name, other data
+    m = agreement.run(cfg)
+    out = read_metrics(tmp_path / "reports" / "judge" / "agreement.json")
+    assert out.tags["judges"] == name and out.tags["data_version"] == current
+    assert not [k for k in m if "old_judge" in k or "jury" in k]
+    assert not (tmp_path / "reports" / "judge" / "agreement" / "old_judge").exists()
+    named = OmegaConf.merge(cfg, {"agreement": {"judges": [name, "old_judge"]}})
+    with pytest.raises(UserError, match="'old_judge' scored data version content-0123456789abcdef"):
+        agreement.run(named)                                     # named explicitly: refused, not mixed in
+    judge(name, "content-ffffffffffffffffffffffffffff")          # the configured judge on other data
+    with pytest.raises(UserError, match=f"is data version {current}: rerun that judge"):
+        agreement.run(cfg)
+
+
+def test_report_leaves_out_judge_results_of_another_data_version(judged, tmp_path):
+    from emplifai.agreement import __main__ as agreement
+    from emplifai.core.metrics_file import read_metrics, write_metrics
+    from emplifai.report import __main__ as report
+
+    cfg, current, judge = judged
+    name, reports = str(cfg.judge.name), tmp_path / "reports"
+    judge(name, current)
+    agreement.run(cfg)
+    shown = report.to_markdown(report.judge_section(cfg, reports) + report.agreement_blocks(cfg, reports), reports)
+    assert "left out" not in shown and f"judge: {name}" in shown and "| criterion" in shown
+    judge(name, "content-ffffffffffffffffffffffffffff")  # the judge, and the agreement too, from other data
+    file = read_metrics(reports / "judge" / "agreement.json")
+    write_metrics(reports / "judge" / "agreement.json", file.metrics, file.missing,
+                  file.tags | {"data_version": "content-ffffffffffffffffffffffffffff"})
+    judge_blocks, agreement_blocks = report.judge_section(cfg, reports), report.agreement_blocks(cfg, reports)
+    epoch_blocks = report.epoch_section(cfg, reports)
+    assert [k for k, _ in judge_blocks] == ["p"] and [k for k, _ in agreement_blocks] == ["p"]  # a note, no table
+    assert not [t for k, t in epoch_blocks if k == "h3" and t.startswith("judge ")]              # no judge scores
+    notes = [t for k, t in judge_blocks + agreement_blocks + epoch_blocks if k == "p" and "left out" in t]
+    assert len(notes) == 3 and all(f"the data is now version {current}" in n for n in notes)

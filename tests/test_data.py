@@ -46,7 +46,7 @@ def test_encodings_keep_japanese_intact(tiny_raw, encoding):
     assert validate(tiny_raw, TAX, CRITERIA).problems == []
 
 
-@pytest.mark.parametrize("fmt", ["tsv", "jsonl", "parquet", "xlsx"])
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl", "json", "parquet", "xlsx"])
 def test_every_format_reads_the_same(tiny_raw, fmt):
     for stem in ("situations", "dialogues"):
         frame = pd.read_csv(tiny_raw / f"{stem}.csv", dtype=str)
@@ -54,6 +54,7 @@ def test_every_format_reads_the_same(tiny_raw, fmt):
         target = tiny_raw / f"{stem}.{fmt}"
         {"tsv": lambda f, t: f.to_csv(t, sep="\t", index=False),
          "jsonl": lambda f, t: f.to_json(t, orient="records", lines=True, force_ascii=False),
+         "json": lambda f, t: f.to_json(t, orient="records", force_ascii=False, indent=1),
          "parquet": lambda f, t: f.to_parquet(t, index=False),
          "xlsx": lambda f, t: f.to_excel(t, index=False)}[fmt](frame, target)
     result = validate(tiny_raw, TAX, CRITERIA)
@@ -185,3 +186,32 @@ def test_jsonl_invalid_line_is_named(tmp_path):
     path.write_text(json.dumps({"situation_id": "s0"}) + "\n{broken\n", encoding="utf-8")
     with pytest.raises(Exception, match="row 2: invalid JSON"):
         read_table(path)
+
+
+def test_jsonl_text_with_unicode_line_separators_is_one_record(tmp_path):
+    """json.dumps(ensure_ascii=False) writes U+2028/U+2029/U+0085 raw inside a string: still one line of JSONL."""
+    path = tmp_path / "situations.jsonl"
+    rows = [{"situation_id": "s0", "emotion": "joy", "situation": "一行目\u2028二行目\u2029三\x85四"},
+            {"situation_id": "s1", "emotion": "fear", "situation": "ふつう"}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    table = read_table(path)
+    assert len(table.frame) == 2 and table.frame["situation"].iloc[0] == rows[0]["situation"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: t\nemotions:\n  - {key: joy, ja: 喜び\n", r"labels\.yaml: not valid YAML \(line \d+, column \d+"),
+    ("name: t\nemotions:\n  - {key: joy, ja: 喜び, ja: うれしさ}\n", r"labels\.yaml: line 3: key 'ja' given twice"),
+    ("name: t\nname: u\nemotions:\n  - {key: joy, ja: 喜び}\n", r"labels\.yaml: line 2: key 'name' given twice"),
+    ("name: t\nemotions:\n  - {key: Joy, ja: 喜び}\n  - {key: joy, ja: うれしさ}\n",
+     r"duplicate label 'joy' \(emotion 'joy'\) collides with 'Joy' \(emotion 'Joy'\)"),
+    ("name: t\nemotions:\n  - {key: joy, ja: 喜び}\n  - {key: glee, ja: 喜び}\n", r"duplicate ja \['喜び'\]"),
+])
+def test_a_bad_taxonomy_file_is_one_clear_error(tmp_path, text, message):
+    from omegaconf import OmegaConf
+
+    from emplifai.data.taxonomy import Taxonomy, TaxonomyError
+
+    path = tmp_path / "labels.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(TaxonomyError, match=message):
+        Taxonomy.from_config(OmegaConf.create({"file": str(path)}))

@@ -104,3 +104,23 @@ def test_openai_predictor_dead_server_fails_fast(cfg, tmp_path):
                         "predictor.concurrency=1"))
     assert time.monotonic() - start < 10  # fastText vectors are trained first (~1 s); the requests take ~3 s
     assert not (tmp_path / "artifacts" / "emotion" / "openai" / "predictions.parquet").exists()
+
+
+@needs_fixtures
+def test_another_server_or_predictor_never_answers_from_this_ones_cache(cfg, tmp_path):
+    """The cache namespace holds what answered: after predictor=openai against server A, predictor=vllm
+    against server B with the same cache file asks B for every dialogue (it used to be all cache hits)."""
+    with LLMTestServer(reply_fn=lambda body, i: ("不安", "stop")) as a, \
+            LLMTestServer(reply_fn=lambda body, i: ("喜び", "stop")) as b:
+        emotion.run(cfg(a.base_url))
+        assert a.request_count == 6
+        emotion.run(cfg(b.base_url))  # same predictor, another server
+        assert b.request_count == 6
+        emotion.run(cfg(b.base_url, "predictor.name=vllm", "+predictor.type=openai"))  # another predictor, same server
+        assert b.request_count == 12
+        emotion.run(cfg(b.base_url, "predictor.temperature=0.5"))  # other decoding
+        assert b.request_count == 18
+        emotion.run(cfg(b.base_url))  # and the same setup again is all cache hits
+        assert b.request_count == 18
+    m = read_metrics(tmp_path / "artifacts" / "emotion" / "openai" / "metrics.json").metrics
+    assert m["emotion/cache_hits"] == 6

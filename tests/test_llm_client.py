@@ -20,6 +20,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from emplifai.core.errors import UserError
+from emplifai.core.secrets import redact
 from emplifai.llm import (
     ChatRequest,
     OpenAICompatClient,
@@ -249,6 +250,28 @@ def test_works_when_called_inside_a_running_event_loop() -> None:
         assert asyncio.run(caller()) == "echo: from async"
 
 
+@pytest.mark.parametrize("offset", [0, 250, 270, 280, 285, 290, 300, 400])
+def test_key_echoed_at_any_offset_of_a_long_error_leaves_no_fragment(offset: int,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error body is cut to 300 characters: the key is redacted before the cut, so a key that straddles it
+    leaves no fragment (any 6 characters of it) in the error we keep."""
+    secret = "sk-emplifai-OFFSET-0123456789abcdef"
+    monkeypatch.setenv("EMPLIFAI_TEST_KEY", secret)
+    with LLMTestServer(script=["400"], echo_auth_in_errors=offset) as srv:
+        client = OpenAICompatClient(srv.base_url, "m", "EMPLIFAI_TEST_KEY", max_retries=0, concurrency=1, **FAST)
+        result = client.chat(req("a"))
+    assert result.error and "HTTP 400" in result.error
+    fragments = {secret[i: i + 6] for i in range(len(secret) - 5)}
+    assert not any(f in result.error for f in fragments), result.error
+
+
+def test_credentials_in_urls_and_headers_are_redacted() -> None:
+    text = "GET https://alice:pw123@llm.example/v1?api_key=k-999&x=1 with Authorization: Bearer tok-abc"
+    out = redact(text, None)
+    assert not any(s in out for s in ("pw123", "k-999", "tok-abc", "alice")), out
+    assert "llm.example/v1" in out and "x=1" in out
+
+
 def test_missing_api_key_env_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EMPLIFAI_TEST_MISSING_KEY", raising=False)
     with LLMTestServer() as srv:
@@ -336,3 +359,18 @@ def test_check_failures_failure_budget() -> None:
     cfg = {"base_url": "http://x/v1", "model": "m", "max_failure_rate": None, "max_consecutive_connection_errors": 0}
     c = OpenAICompatClient.from_config(cfg)
     assert c.max_failure_rate is None and c.max_consecutive_connection_errors is None  # both off
+
+
+def test_every_part_of_a_cache_namespace_changes_it() -> None:
+    """llm.cache.namespace is the one place a namespace is built: each part alone makes another namespace."""
+    from emplifai.llm.cache import namespace
+
+    base = {"backend": "judge/hf_local", "source": "sha256:abc", "model": "gemma", "prompt": "p1",
+            "decoding": {"t": 0}, "dtype": "float32", "device": "cpu"}
+    other = {"backend": "judge/openai", "source": "sha256:abd", "model": "gemma2", "prompt": "p2",
+             "decoding": {"t": 1}, "dtype": "bfloat16", "device": "cuda"}
+    first = namespace(**base)
+    for part in base:
+        assert namespace(**(base | {part: other[part]})) != first, part
+    with_creds = namespace(**(base | {"source": "https://u:secret@host/v1?api_key=k1"}))
+    assert "secret" not in with_creds and "k1" not in with_creds

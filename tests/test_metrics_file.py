@@ -82,3 +82,24 @@ def test_update_replaces_one_run_and_keeps_the_others(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"hf_rank": {"n": 18.0}}))  # the old {predictor: {...}} file
     update_metrics(tmp_path / "old.json", "emotion/a/", {"emotion/a/n": 1.0})
     assert read_metrics(tmp_path / "old.json").metrics == {"emotion/a/n": 1.0}
+
+
+UPDATER = """
+import sys
+from emplifai.core.metrics_file import update_metrics
+path, name = sys.argv[1], sys.argv[2]
+for i in range(40):
+    update_metrics(path, f"emotion/{name}{i}/", {f"emotion/{name}{i}/n": i})
+"""
+
+
+def test_parallel_predictors_all_end_up_in_the_shared_file(tmp_path):
+    """Two predictors of a sweep updating reports/emotion/metrics.json at once (real processes): no lost update."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "emotion" / "metrics.json"
+    procs = [subprocess.Popen([sys.executable, "-c", UPDATER, str(path), name]) for name in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    keys = set(read_metrics(path).metrics)
+    assert keys == {f"emotion/{n}{i}/n" for n in ("a", "b") for i in range(40)}

@@ -145,6 +145,32 @@ def test_manifests_written(zoo):
         assert is_current(BASE / name, name, OmegaConf.to_container(cfg.packaged, resolve=True))
 
 
+def _independent_sha256(spec) -> str:
+    """sha256 of the packaged source bytes, computed here from the installed files (chunks concatenated in
+    order), not read from the package's own constant or from our manifest."""
+    import hashlib
+    import importlib
+
+    from emplifai.models.materialize import packaged_file
+
+    if spec.format == "gguf_chunks":
+        paths = importlib.import_module(spec.module).chunk_paths()
+    else:
+        paths = [packaged_file(OmegaConf.to_container(spec, resolve=True))]
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def test_manifest_sha256_matches_an_independent_hash_of_the_package_files(zoo):
+    for name, cfg in zoo.items():
+        manifest = json.loads((BASE / name / MANIFEST).read_text())
+        assert manifest["sha256"] == _independent_sha256(cfg.packaged), name
+
+
 def _generate(model, tok, prompt: str, n: int = 16) -> str:
     enc = tok(prompt, return_tensors="pt")
     with torch.no_grad():

@@ -381,10 +381,19 @@ def opened_by_report(tmp_path: Path, monkeypatch) -> set[str]:
     return {p for p in inside if not p.startswith("..")}
 
 
+def raw_data(into: Path) -> None:
+    """data/ of this checkout (the data version the committed reports name: the report shows their judge
+    results only then), else a stub table."""
+    if (ROOT / "data").is_dir():
+        shutil.copytree(ROOT / "data", into / "data")
+    else:
+        (into / "data").mkdir()
+        (into / "data" / "situations.csv").write_text("situation_id,emotion,situation\n")
+
+
 def test_report_opens_only_its_deps(stages, params_cfg, tmp_path, monkeypatch):
     report_inputs(stages, params_cfg, tmp_path)
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "situations.csv").write_text("situation_id,emotion,situation\n")
+    raw_data(tmp_path)
     read = opened_by_report(tmp_path, monkeypatch)
     assert any(p.startswith("reports/train/") for p in read) and any(p.endswith(".parquet") for p in read)
     own = stages["report"]["outs"]  # the summary embeds the plots it has just written
@@ -394,7 +403,7 @@ def test_report_opens_only_its_deps(stages, params_cfg, tmp_path, monkeypatch):
 
 def test_report_ignores_folders_that_are_no_deps(stages, params_cfg, tmp_path, monkeypatch):
     report_inputs(stages, params_cfg, tmp_path)
-    (tmp_path / "data").mkdir()
+    raw_data(tmp_path)
     stale = tmp_path / "reports/train/prompt=no_emotion"
     stale.mkdir(parents=True)
     (stale / "metrics.json").write_text(json.dumps({"train/epochs": 1, "train/val_loss_epoch_1": 9.0}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -29,12 +30,13 @@ def judge_over(url: str, model: str = "test-model", *extra: str) -> list[str]:
             "mlflow.enabled=false", *extra]
 
 
-def test_server_ok_lists_what_it_checked(make_cfg, capsys):
+def test_server_ok_lists_what_it_checked(make_cfg, caplog):
+    caplog.set_level(logging.INFO, logger="emplifai")
     with LLMTestServer() as srv:
         items = preflight.check(make_cfg(*judge_over(srv.base_url)), "judge")
         assert srv.request_count == 0                                  # only GET /models, no completion
     assert [(it.what, it.ok) for it in items] == [("judge server, model test-model", True)]
-    assert f"preflight[judge]: ok  judge server, model test-model  {srv.base_url}" in capsys.readouterr().out
+    assert f"preflight[judge]: ok  judge server, model test-model  {srv.base_url}" in caplog.messages
 
 
 def test_wrong_model_id_names_the_served_ids(make_cfg):
@@ -81,7 +83,8 @@ def test_every_problem_at_once_and_the_stage_stops_before_work(make_cfg, tmp_pat
         assert srv.request_count == 0
 
 
-def test_api_key_env_unset_is_named_and_the_key_never_printed(make_cfg, monkeypatch, capsys):
+def test_api_key_env_unset_is_named_and_the_key_never_printed(make_cfg, monkeypatch, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="emplifai")
     key = "sk-test-Preflight-9f8e7d6c5b4a"
     with LLMTestServer() as srv:
         over = [o for o in judge_over(srv.base_url) if o != "judge.api_key_env=null"]
@@ -91,7 +94,7 @@ def test_api_key_env_unset_is_named_and_the_key_never_printed(make_cfg, monkeypa
             preflight.check(cfg, "judge")
         monkeypatch.setenv("EMPLIFAI_PREFLIGHT_KEY", key)
         assert all(it.ok for it in preflight.check(cfg, "judge"))
-    assert key not in capsys.readouterr().out
+    assert caplog.messages and key not in caplog.text + capsys.readouterr().out
 
 
 def test_switch_off_checks_nothing(make_cfg):

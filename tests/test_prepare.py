@@ -82,8 +82,10 @@ def test_cli_reports_user_errors_without_traceback(tiny_raw, tmp_path):
                           capture_output=True, text=True, env=ENV, cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert "human_ratings.csv: row 2 [score]: score 'x' is not an integer from 1 to 5" in proc.stderr
-    assert "human_ratings.csv: row 3 [score]: score '9'" in proc.stderr  # every problem, not only the first
+    out = proc.stdout + proc.stderr  # the problem list is logged (console + the run's log file)
+    assert "human_ratings.csv: row 2 [score]: score 'x' is not an integer from 1 to 5" in out
+    assert "human_ratings.csv: row 3 [score]: score '9'" in out  # every problem, not only the first
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")  # then one line saying why it stopped
 
 
 def test_multirun_makes_one_parent_and_a_child_per_job(tiny_raw, tmp_path):

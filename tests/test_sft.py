@@ -114,6 +114,23 @@ def test_length_buckets_cover_everything_once_with_little_padding():
     assert not {i for b in shards[0] for i in b} & {i for b in shards[1] for i in b}
 
 
+@pytest.mark.parametrize("n", [37, 40, 3])
+def test_ddp_ranks_step_together_and_validate_every_example_once(n):
+    """Under DDP every rank must run the same number of training batches (each step all-reduces gradients):
+    the batch list is padded with its first batches, as DistributedSampler pads. Validation takes every
+    example exactly once over the ranks (the module sums loss x tokens across them)."""
+    lengths = [int(x) for x in torch.randint(20, 200, (n,), generator=torch.Generator().manual_seed(n))]
+    single = list(LengthBucketSampler(lengths, 4, seed=3))
+    for world in (2, 3):
+        shards = [list(LengthBucketSampler(lengths, 4, seed=3, num_replicas=world, rank=r)) for r in range(world)]
+        assert len({len(s) for s in shards}) == 1 and len(shards[0]) == -(-len(single) // world)
+        padding = (single * world)[: -len(single) % world]
+        assert sorted(i for s in shards for b in s for i in b) == sorted(i for b in single + padding for i in b)
+        evals = [[i for b in LengthBucketSampler(lengths, 4, shuffle=False, num_replicas=world, rank=r) for i in b]
+                 for r in range(world)]
+        assert sorted(i for e in evals for i in e) == list(range(n)) and all(evals)
+
+
 def test_target_only_loss_equals_full_logits_loss(smol_model, rows):
     batch = batch_of(builder_for(*SMOL), rows[:3])
     with torch.no_grad():
@@ -297,3 +314,20 @@ def test_epoch_multirun_gives_parent_and_children(tmp_path):
     for epochs in (1, 2):
         (adapter,) = (tmp_path / "models" / "sft").glob(f"epochs={epochs}_*")
         assert (adapter / "adapter_model.safetensors").exists()
+
+
+def test_resume_fingerprint_changes_with_the_taxonomy(tmp_path, make_cfg):
+    """The taxonomy's names are in the SFT prompt: after a taxonomy edit a checkpoint must not be resumed."""
+    from emplifai.train.__main__ import fingerprint
+
+    prepared = ROOT / "artifacts" / "prepare"
+    base = fingerprint(make_cfg(), prepared)
+    assert fingerprint(make_cfg(), prepared) == base
+    edited = make_cfg()
+    edited.taxonomy.emotions[0].ja = "賞賛"
+    assert fingerprint(edited, prepared) != base
+    tax = tmp_path / "labels.yaml"
+    tax.write_text("name: t\nemotions:\n  - {key: joy, ja: 喜び}\n", encoding="utf-8")
+    with_file = fingerprint(make_cfg(f"taxonomy.file={tax}"), prepared)
+    tax.write_text("name: t\nemotions:\n  - {key: joy, ja: うれしさ}\n", encoding="utf-8")
+    assert fingerprint(make_cfg(f"taxonomy.file={tax}"), prepared) != with_file

@@ -13,6 +13,7 @@ is reported at once, in one line with its fix (UserError: exit 2). `preflight=fa
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from emplifai.core.errors import UserError
 from emplifai.core.paths import resolve
 
 PIPELINE = ("prepare", "emotion", "train", "generate", "judge", "agreement", "report")
+log = logging.getLogger(__name__)
 TIMEOUT_S = 5.0  # a server that cannot list its models in 5 s will not grade thousands of responses either
 
 
@@ -97,7 +99,11 @@ def server(stage: str, who: str, node: Mapping[str, Any], timeout_s: float = TIM
     """`GET {base_url}/models` lists `model` (OpenAI/vLLM: {"data": [{"id": ...}]})."""
     import httpx
 
-    url, model, key_env = str(node.get("base_url") or ""), node.get("model"), node.get("api_key_env")
+    from emplifai.llm.protocol import split_credentials
+
+    # a user:password@ in the URL goes as Basic auth, never into the table, the log or httpx's request log
+    url, basic = split_credentials(str(node.get("base_url") or ""))
+    model, key_env = node.get("model"), node.get("api_key_env")
     item = Item(stage, f"{who} server, model {model}", url or "(no base_url)")
     from urllib.parse import urlparse
 
@@ -105,6 +111,10 @@ def server(stage: str, who: str, node: Mapping[str, Any], timeout_s: float = TIM
     start = f"start it (`vllm serve {weights_id} --served-model-name {model} --port {port}`) or set {who}.base_url="
     if not url or not model:
         item.problem, item.fix = "base_url and model must both be set", f"set {who}.base_url= and {who}.model="
+        return item
+    if basic and key_env:  # both would be the Authorization header (the client refuses it too)
+        item.problem = f"{who}.base_url carries a user:password and {who}.api_key_env names a key"
+        item.fix = f"keep one: {who}.api_key_env=null, or base_url without user:password@"
         return item
     headers = {}
     if key_env:
@@ -115,7 +125,8 @@ def server(stage: str, who: str, node: Mapping[str, Any], timeout_s: float = TIM
             return item
         headers["Authorization"] = f"Bearer {key}"
     try:
-        resp = httpx.get(f"{url.rstrip('/')}/models", headers=headers, timeout=timeout_s)
+        resp = httpx.get(f"{url.rstrip('/')}/models", headers=headers, timeout=timeout_s,
+                         auth=None if headers else basic)
     except httpx.TimeoutException:
         item.problem, item.fix = f"no answer within {timeout_s:.0f} s", start
         return item
@@ -240,12 +251,12 @@ def collect(cfg: DictConfig, stages: Iterable[str], timeout_s: float = TIMEOUT_S
 
 
 def check(cfg: DictConfig, stage: str, timeout_s: float = TIMEOUT_S) -> list[Item]:
-    """The first line of every stage: print what was checked; raise PreflightError listing every problem."""
+    """The first line of every stage: log what was checked; raise PreflightError listing every problem."""
     if not cfg.get("preflight", True):
         return []
     items = collect(cfg, [stage], timeout_s)
     for it in items:
-        print(f"preflight[{stage}]: {'ok' if it.ok else 'MISSING'}  {it.what}  {it.where}")
+        log.info("preflight[%s]: %s  %s  %s", stage, "ok" if it.ok else "MISSING", it.what, it.where)
     bad = [it for it in items if not it.ok]
     if bad:
         raise PreflightError(f"preflight[{stage}]: {len(bad)} problem(s): " + "; ".join(it.line() for it in bad)
@@ -266,11 +277,11 @@ def table(items: list[Item]) -> str:
 
 
 def pipeline(cfg: DictConfig) -> list[Item]:
-    """Every stage of the pipeline for this config; prints the table; raises when something is MISSING."""
+    """Every stage of the pipeline for this config; logs the table; raises when something is MISSING."""
     items = collect(cfg, PIPELINE)
     quiet = [Item(s, "(no model, adapter or server to check)", "-") for s in PIPELINE
              if not any(it.stage == s for it in items)]
-    print(table(sorted(items + quiet, key=lambda it: PIPELINE.index(it.stage))))
+    log.info(table(sorted(items + quiet, key=lambda it: PIPELINE.index(it.stage))))
     missing = [it for it in items if not it.ok and not it.made_by]
     if missing:
         raise PreflightError(f"preflight: {len(missing)} problem(s), listed in the table above")

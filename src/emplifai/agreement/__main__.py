@@ -1,7 +1,7 @@
 """Stage `agreement`: how far to trust the judge — judge vs human ratings, with the human ceiling beside it.
 
-    python -m emplifai.agreement                                   # every judge in artifacts/judge/
-    python -m emplifai.agreement agreement.judges=[hf_local]       # only some judges
+    python -m emplifai.agreement                                   # the configured judge (judge.name)
+    python -m emplifai.agreement 'agreement.judges=[hf_local,vllm]'   # several judges (and their jury)
     python -m emplifai.agreement agreement.bootstrap.n_resamples=5000
 
 Per criterion (the primary table): Spearman ρ, Pearson r, Kendall τ-b (judge vs mean human), Krippendorff's α
@@ -15,10 +15,17 @@ for the system level). The alt-test per criterion; the largest judge−human gap
 constant scores → NaN with a reason.
 With 2+ judges a "jury" (their mean score) is scored too. Output: reports/judge/agreement.json (DVC
 metrics) + tables and plots in reports/judge/agreement/.
+
+Provenance: only the judges the config names are read (never whatever else sits in artifacts/judge/), and a
+judge whose metrics file records another data version than the current data's is refused with an error (its
+scores belong to other responses or ratings); one that records none (written before judges recorded it) is
+used with a warning. `n` counts only responses with both a judge score and human ratings: a failed judge
+reply (NaN) is no item, and every CI resamples those responses.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -27,29 +34,53 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from emplifai import preflight
+from emplifai.agreement.response_points import response_points
 from emplifai.core import tracking
 from emplifai.core.app import stage_main
 from emplifai.core.errors import UserError
-from emplifai.core.metrics_file import write_metrics
+from emplifai.core.metrics_file import read_metrics, write_metrics
 from emplifai.core.paths import read_artifact, resolve, save_figure
-from emplifai.judge.summary import heatmap, write_csv
+from emplifai.judge.summary import heatmap, write_csv, write_plot_data
 from emplifai.metrics import alt_test, systems, tables
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+log = logging.getLogger(__package__)
+
+# The config it reads = its MLflow params (dvc.yaml params but paths): judge.name and data.raw_dir pick the
+# judge and the data version its scores must come from.
+CONFIG = ("agreement", "judge.name", "data.raw_dir")
+
+
+def judge_names(cfg: DictConfig) -> list[str]:
+    """`agreement.judges`, else the configured judge (`judge.name`): never a listing of artifacts/judge/."""
+    return [str(n) for n in dict.fromkeys(cfg.agreement.get("judges") or [cfg.judge.name])]
+
+
+def check_data_version(cfg: DictConfig, name: str, current: str) -> None:
+    """Refuse a judge that scored another data version (its metrics file's `data_version` tag)."""
+    path = resolve(cfg.paths.reports) / "judge" / name / "metrics.json"
+    recorded = read_metrics(path).tags.get("data_version")
+    if recorded is None:
+        log.warning(f"agreement: judge {name}: {path} records no data version (written before judges recorded "
+                    f"it): its scores are used unchecked against data version {current}")
+    elif not tracking.same_data(recorded, current):
+        raise UserError(f"judge {name!r} scored data version {recorded} ({path}), but {cfg.data.raw_dir} is data "
+                        f"version {current}: rerun that judge on this data (`dvc repro judge`, or python -m "
+                        f"emplifai.judge judge.name={name} ...) before comparing it with these human ratings")
+
 
 def load_judges(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     root = resolve(cfg.paths.artifacts) / "judge"
-    wanted = cfg.agreement.get("judges")
-    names = list(wanted) if wanted else sorted(p.parent.name for p in root.glob("*/scores.parquet"))
-    if not names:
-        raise UserError(f"no judge scores under {root} (run `python -m emplifai.judge` first)")
+    current = tracking.data_version(cfg.data.raw_dir)
     judges = {}
-    for name in names:
+    for name in judge_names(cfg):
         path = root / name / "scores.parquet"
         if not path.exists():
-            raise UserError(f"agreement.judges names {name!r} but {path} does not exist")
+            raise UserError(f"no judge scores for {name!r}: {path} does not exist (run `python -m emplifai.judge "
+                            f"judge.name={name}` first, or name the judges in agreement.judges)")
+        check_data_version(cfg, name, current)
         judges[name] = pd.read_parquet(path)
     if cfg.agreement.get("jury") and len(judges) > 1:
         pooled = pd.concat(judges.values(), ignore_index=True)
@@ -100,13 +131,20 @@ def gap_plot(ranks: pd.DataFrame, title: str, path: Path) -> Path:
 
 def run(cfg: DictConfig) -> dict:
     preflight.check(cfg, "agreement")
+    with tracking.stage_run(cfg, "agreement", config=CONFIG) as run_:  # spans the work: a crash ends it FAILED
+        return work(cfg, run_)
+
+
+def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
     a = cfg.agreement
+    for table in ("human_ratings", "rated_responses"):
+        run_.log_split(table, resolve(cfg.paths.artifacts) / "prepare" / f"{table}.parquet")
     ratings = read_artifact(resolve(cfg.paths.artifacts) / "prepare" / "human_ratings.parquet",
                          hint="agreement needs human ratings (human_ratings.* in data/)")
     judges = load_judges(cfg)
     boot = OmegaConf.to_container(a.bootstrap, resolve=True)
     if int(boot["n_resamples"]) < 1000:
-        print(f"agreement: note: bootstrap.n_resamples={boot['n_resamples']} (< 1000: CIs are rough)")
+        log.warning(f"agreement: note: bootstrap.n_resamples={boot['n_resamples']} (< 1000: CIs are rough)")
     out = resolve(cfg.paths.reports) / "judge" / "agreement"
     primary = str(a.get("primary") or "")
     primary = primary if primary in judges else next(iter(judges))
@@ -114,12 +152,13 @@ def run(cfg: DictConfig) -> dict:
     reasons: dict[str, str] = {}
     files: list[Path] = []
     text = texts(cfg)
+    safe = tracking.metric_names(judges)  # unique metric path components, 日本語 names kept
     for name, scores in judges.items():
         criteria = [c for c in dict.fromkeys(scores["criterion"]) if c in set(ratings["criterion"])]
         merged = tables.merge(scores, ratings)
         table, why, ceil = tables.coefficient_table(merged, criteria, 1, 5, boot)
         ranks, sys_metrics, sys_why = systems.system_level(tables.Cube.from_merged(merged, criteria), boot)
-        prefix = "agreement" if name == primary else f"agreement/{tracking.metric_name(name)}"
+        prefix = "agreement" if name == primary else f"agreement/{safe[name]}"
         for row in table.to_dict(orient="records"):
             for stat, value in row.items():
                 if stat == "criterion" or (pd.isna(value) and f"{row['criterion']}/{stat}" not in why):
@@ -144,6 +183,7 @@ def run(cfg: DictConfig) -> dict:
                   write_csv(tables.disagreements(merged, text, int(a.disagreements)), d / "disagreements.csv")]
         if len(merged):
             files.append(scatter(merged, criteria, f"judge {name} vs human mean", d / "scatter.png"))
+            files.append(write_plot_data(response_points(merged, criteria), d / "scatter.csv"))  # DVC's scatter
             heat = system.pivot(index="system", columns="criterion", values="spearman").reindex(columns=criteria)
             files.append(heatmap(heat, f"judge {name}: Spearman ρ per system", d / "spearman_per_system.png",
                                  -1, 1, "coolwarm"))
@@ -151,14 +191,18 @@ def run(cfg: DictConfig) -> dict:
         rows = table.set_index("criterion").reindex(columns=["spearman", "spearman_ci_low", "spearman_ci_high"])
         levels = "; ".join(f"{lvl} {r.iloc[0]:.3f} [{r.iloc[1]:.3f}, {r.iloc[2]:.3f}]"
                            for lvl, r in rows.loc[[tables.MACRO, tables.RESPONSE_LEVEL]].iterrows())
-        print(f"agreement {name}: {merged['response_id'].nunique()} responses with human ratings; spearman "
-              f"{levels}; system-level kendall {sys_metrics['kendall']:.3f}")
-    tags = {"judges": ",".join(judges), "primary_judge": primary}
-    files.append(write_metrics(resolve(cfg.paths.reports) / "judge" / "agreement.json", metrics, reasons, tags))
-    with tracking.stage_run(cfg, "agreement", tags) as run_:
-        run_.log_metrics(metrics, reasons=reasons)
-        for path in files:
-            run_.log_artifact(path, "agreement" + ("/" + path.parent.name if path.parent != out.parent else ""))
+        unscored = scores[scores["score"].isna() & scores["response_id"].isin(ratings["response_id"])]
+        log.info(f"agreement {name}: {merged['response_id'].nunique()} responses with a judge score and human "
+                 f"ratings ({len(unscored)} rated (response, criterion) pairs without a judge score left out); "
+                 f"spearman {levels}; system-level kendall {sys_metrics['kendall']:.3f}")
+    tags = {"judges": ",".join(judges), "primary_judge": primary,
+            "data_version": tracking.data_version(cfg.data.raw_dir)}
+    files.append(write_metrics(resolve(cfg.paths.reports) / "judge" / "agreement.json", metrics, reasons,
+                               tags | run_.file_tags()))
+    run_.set_tags(tags)
+    run_.log_metrics(metrics, reasons=reasons)
+    for path in files:
+        run_.log_artifact(path, "agreement" + ("/" + path.parent.name if path.parent != out.parent else ""))
     return metrics
 
 

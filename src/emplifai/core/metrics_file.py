@@ -6,6 +6,9 @@
 
 Every stage writes it with `write_metrics` (atomically) and every reader (the report, tests) reads it back with
 `read_metrics`, which turns null into NaN again, so a metric that could not be computed stays NaN + reason.
+The tags `mlflow_run_id` / `mlflow_experiment_id` name the MLflow run that wrote the file (tracking's
+`StageRun.file_tags()`; absent with mlflow.enabled=false); a file shared by several runs (`update_metrics`)
+holds them under each run's prefix (`emotion/hf_rank/mlflow_run_id`). `run_ids` reads them back.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,6 +26,7 @@ from emplifai.core.errors import UserError
 from emplifai.core.paths import atomic_path
 
 NOT_COMPUTABLE = "not computable"  # the reason of a null nobody explained (as tracking.log_metrics tags it)
+RUN_ID_TAG, EXPERIMENT_ID_TAG = "mlflow_run_id", "mlflow_experiment_id"
 
 
 class MetricsFile(NamedTuple):
@@ -74,10 +79,32 @@ def read_metrics(path: str | os.PathLike) -> MetricsFile:
 
 
 def update_metrics(path: str | os.PathLike, prefix: str, metrics: Mapping[str, Any],
-                   missing: Mapping[str, str] | None = None) -> Path:
+                   missing: Mapping[str, str] | None = None, tags: Mapping[str, Any] | None = None) -> Path:
     """One file shared by several runs of a stage, each under its own `<stage>/<run>/` `prefix` (the emotion
-    stage's predictors): replace that run's keys, keep the others; runs in name order. A file of an older
-    shape is started over (its stage is rerunning)."""
+    stage's predictors): replace that run's keys and tags (stored as `<prefix><tag>`), keep the others; runs in
+    name order. A file of an older shape is started over (its stage is rerunning). The read-modify-write holds
+    an exclusive lock on the file's folder, so predictors run in parallel (a sweep) all end up in the file."""
+    with _folder_lock(Path(path).parent):
+        return _update(path, prefix, metrics, missing, tags)
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """flock on the folder itself: the file is replaced on every write (a lock on it would lock a dead inode),
+    and a lock file would be one more file in a DVC output."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _update(path: str | os.PathLike, prefix: str, metrics: Mapping[str, Any], missing: Mapping[str, str] | None,
+            tags: Mapping[str, Any] | None) -> Path:
     try:
         old = read_metrics(path)
     except UserError:
@@ -87,4 +114,16 @@ def update_metrics(path: str | os.PathLike, prefix: str, metrics: Mapping[str, A
     kept = {k: v for k, v in old.metrics.items() if not k.startswith(prefix)}
     merged = sorted((kept | dict(metrics)).items(), key=lambda kv: kv[0].split("/")[:2])  # stable within a run
     reasons = {k: v for k, v in old.missing.items() if k in kept} | dict(missing or {})
-    return write_metrics(path, dict(merged), reasons, old.tags)
+    own_tags = {f"{prefix}{k}": v for k, v in (tags or {}).items()}
+    return write_metrics(path, dict(merged), reasons,
+                         {k: v for k, v in old.tags.items() if not k.startswith(prefix)} | own_tags)
+
+
+def run_ids(file: MetricsFile) -> list[tuple[str, str]]:
+    """(run id, experiment id) of every MLflow run that wrote into `file`, in file order."""
+    out = []
+    for key, value in file.tags.items():
+        if key == RUN_ID_TAG or key.endswith(f"/{RUN_ID_TAG}"):
+            exp_key = key.removesuffix(RUN_ID_TAG) + EXPERIMENT_ID_TAG
+            out.append((str(value), str(file.tags.get(exp_key, ""))))
+    return out

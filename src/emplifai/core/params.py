@@ -6,10 +6,13 @@ conf/ is the single source; params.yaml is what `dvc repro` reads and tracks. `m
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 from dvc.utils.hydra import compose_and_dump
+
+log = logging.getLogger(__name__)
 
 
 def write_params(root: Path, overrides: list[str], output: Path | None = None) -> Path:
@@ -19,5 +22,5 @@ def write_params(root: Path, overrides: list[str], output: Path | None = None) -
 
 
 if __name__ == "__main__":
-    path = write_params(Path.cwd(), sys.argv[1:])
-    print(f"wrote {path}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log.info("wrote %s", write_params(Path.cwd(), sys.argv[1:]))

@@ -3,6 +3,7 @@ atomically; a stage reads another stage's table with an error that names what ma
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -34,11 +35,20 @@ def resolve(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else (project_root() / p).resolve()
 
 
+@functools.cache
+def _umask() -> int:
+    """Read once: os.umask can only be read by setting it, which must not race with other threads' writes."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `target`; rename onto it only if the block finishes.
 
-    A crash or a validation error therefore never leaves a half-written output behind.
+    A crash or a validation error therefore never leaves a half-written output behind. The file gets the
+    permissions a plain `open()` would give it (mkstemp's are 0600 whatever the umask).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -47,23 +57,52 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            tmp_path.chmod(0o666 & ~_umask())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the OS cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 @contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp folder beside `target`; it replaces `target` only if the block finishes."""
+    """Yield a temp folder beside `target`; it replaces `target` only if the block finishes.
+
+    The swap is one atomic exchange where the OS has it, so a kill at any moment leaves the old folder or the
+    new one under `target`, never neither. Elsewhere the old folder is renamed aside first and restored by the
+    next call if a kill came between the two renames.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    aside = target.parent / f".{target.name}.old"
+    if aside.exists() and not target.exists():  # a kill between the two renames below: put the old one back
+        aside.rename(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        tmp.chmod(0o777 & ~_umask())
+        if target.exists() and _exchange(tmp, target):
+            pass  # tmp now holds the old folder, removed below
+        else:
+            if target.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+                target.rename(aside)
+            tmp.rename(target)
+            shutil.rmtree(aside, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

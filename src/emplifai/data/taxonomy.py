@@ -17,6 +17,33 @@ class TaxonomyError(UserError):
     pass
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        keys = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in keys:
+                raise TaxonomyError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice")
+            keys.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(path: Path) -> object:
+    """The taxonomy file, with a syntax error or a repeated key reported as file:line, not a traceback."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader
+    except TaxonomyError as err:
+        raise TaxonomyError(f"{path}: {err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise TaxonomyError(f"{path}: not valid YAML ({where}{getattr(err, 'problem', None) or err})") from None
+    except UnicodeDecodeError as err:
+        raise TaxonomyError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
 @dataclass(frozen=True)
 class Emotion:
     key: str
@@ -72,6 +99,14 @@ class Taxonomy:
             dup = {n for n in names if names.count(n) > 1}
             if dup:
                 raise TaxonomyError(f"{source}: duplicate {kind} {sorted(dup)}")
+        seen: dict[str, tuple[str, str]] = {}  # labels match after NFKC + lower case: `Joy` and `joy` are one
+        for e in tax.emotions:
+            for name in (e.key, e.ja):
+                owner, first = seen.setdefault(unicodedata.normalize("NFKC", name).strip().lower(), (e.key, name))
+                if owner != e.key:
+                    raise TaxonomyError(f"{source}: duplicate label {name!r} (emotion {e.key!r}) collides with "
+                                        f"{first!r} (emotion {owner!r}): labels are matched case- and "
+                                        "width-insensitively, so they must differ after NFKC + lower case")
         return tax
 
     @classmethod
@@ -81,5 +116,5 @@ class Taxonomy:
             path = resolve(cfg.file)
             if not path.exists():
                 raise TaxonomyError(f"taxonomy file not found: {path}")
-            return cls.from_mapping(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+            return cls.from_mapping(load_yaml(path), str(path))
         return cls.from_mapping(OmegaConf.to_container(cfg, resolve=True), f"conf/taxonomy/{cfg.get('name')}")

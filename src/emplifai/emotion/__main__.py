@@ -7,7 +7,8 @@
     dvc exp run -S predictor=hf_rank -S predictor.calibrate=false   # tune a listed predictor (see predictor_cfgs)
 
 Per predictor: artifacts/emotion/<predictor>/{predictions.parquet,metrics.json} and
-reports/emotion/<predictor>/{per_emotion.csv,confusion.csv,confusion.png}; reports/emotion/metrics.json
+reports/emotion/<predictor>/{per_emotion.csv,confusion.csv,confusion.png}, the (gold, predicted) pairs in
+reports/emotion/predictions/<predictor>.csv (DVC's confusion plot); reports/emotion/metrics.json
 holds every predictor's metrics (DVC metrics; updated per predictor, so a multirun fills it too).
 Invalid answers are kept with their raw text, scored NaN and excluded from label metrics.
 Before any predictor runs, the taxonomy's names are scored against each other with both measures
@@ -18,6 +19,7 @@ cosines with the reason, and each measure's mean over different names is the 0 o
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -40,6 +42,12 @@ from emplifai.emotion.predictors import Context, Prediction, resolve_predictor
 from emplifai.emotion.separation import LabelSeparation
 from emplifai.lm import setup_torch
 from emplifai.metrics.bertscore import BertScorer
+
+log = logging.getLogger(__package__)
+
+# The config it reads = its MLflow params (dvc.yaml params but paths, conf_dir); the key metric picks a sweep's best.
+CONFIG = ("seed", "device", "threads", "taxonomy", "model", "encoder", "predictor", "emotion")
+KEY_METRIC = ("emotion/bertscore_f1", "max")
 
 
 def load_split(cfg: DictConfig, split: str) -> pd.DataFrame:
@@ -154,7 +162,7 @@ def label_separation(cfg: DictConfig, taxonomy: Taxonomy, vectors: wordvec.WordV
             "not_one_word": {n: h for n, h in how.items() if h != "word"}}
     files = separation.write([vec_sep, bert_sep], info, resolve(cfg.paths.reports) / "emotion")
     metrics = vec_sep.metrics() | bert_sep.metrics() | {"emotion/labels/wordvec_coverage": info["coverage"]}
-    print(f"emotion: vectors={vectors.source} ({vectors.description}), {len(covered)}/{len(names)} names covered "
+    log.info(f"emotion: vectors={vectors.source} ({vectors.description}), {len(covered)}/{len(names)} names covered "
           f"{info['how']}; different names: wordvec_cos mean {vec_sep.baseline:.3f} max "
           f"{metrics['emotion/labels/wordvec_cos_offdiag_max']:.3f}, bertscore_f1 mean {bert_sep.baseline:.3f}"
           + (f" — {vec_sep.reason}: wordvec_cos is NaN" if vec_sep.reason else ""))
@@ -174,7 +182,9 @@ def run_predictor(cfg: DictConfig, test: pd.DataFrame, train: pd.DataFrame, val:
     rep_dir = resolve(cfg.paths.reports) / "emotion" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, taxonomy, train, val, scorer, device, int(cfg.seed), out_dir)
-    with tracking.stage_run(cfg, "emotion", {"predictor": name}) as run_:
+    with tracking.stage_run(cfg, "emotion", {"predictor": name}, config=CONFIG, key_metric=KEY_METRIC) as run_:
+        for split in dict.fromkeys(("train", "val", str(cfg.emotion.split))):
+            run_.log_split(split, resolve(cfg.paths.artifacts) / "prepare" / f"{split}.parquet")
         preds = resolve_predictor(cfg.predictor)(ctx, test)
         frame = add_scores(to_frame(preds, test, taxonomy, name), scorer(), vectors, labels.vectors, labels.bertscore)
         b = cfg.emotion.bootstrap
@@ -185,17 +195,17 @@ def run_predictor(cfg: DictConfig, test: pd.DataFrame, train: pd.DataFrame, val:
         with atomic_path(out_dir / "predictions.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
         tags = {"predictor": name, "vectors": vectors.source, "vectors.description": vectors.description}
-        write_metrics(out_dir / "metrics.json", metrics, reasons, tags)
+        write_metrics(out_dir / "metrics.json", metrics, reasons, tags | run_.file_tags())
         reports = write_reports(frame, taxonomy, name, rep_dir, (int(b.n_resamples), float(b.level),
                                                                  int(cfg.seed)))
         run_.log_metrics(metrics, reasons=reasons)
         run_.set_tags(tags)
         for path in (out_dir / "predictions.parquet", out_dir / "metrics.json", *reports, *labels.files):
             run_.log_artifact(path, f"emotion/{name}")
-    update_metrics(resolve(cfg.paths.reports) / "emotion" / "metrics.json", summary_key(name, ""),
-                   {summary_key(name, k): v for k, v in metrics.items()},
-                   {summary_key(name, k): v for k, v in reasons.items()})
-    print(f"emotion[{name}]: n={int(metrics['emotion/n'])} invalid={metrics['emotion/invalid_rate']:.2f} "
+        update_metrics(resolve(cfg.paths.reports) / "emotion" / "metrics.json", summary_key(name, ""),
+                       {summary_key(name, k): v for k, v in metrics.items()},
+                       {summary_key(name, k): v for k, v in reasons.items()}, tags | run_.file_tags())
+    log.info(f"emotion[{name}]: n={int(metrics['emotion/n'])} invalid={metrics['emotion/invalid_rate']:.2f} "
           f"acc={metrics['emotion/accuracy']:.3f} bertscore_f1={metrics['emotion/bertscore_f1']:.3f} "
           f"(rescaled {metrics['emotion/bertscore_f1_rescaled']:.3f}) wordvec_cos[{vectors.source}]="
           f"{metrics['emotion/wordvec_cos']:.3f} (rescaled {metrics['emotion/wordvec_cos_rescaled']:.3f}) → {rep_dir}")

@@ -1,4 +1,8 @@
-"""Per-emotion table (with bootstrap CIs) and confusion plot: which emotions are predicted well, which are confused."""
+"""Per-emotion table (with bootstrap CIs) and confusion plot: which emotions are predicted well, which are confused.
+
+Also each predictor's (gold, predicted) pairs as data (reports/emotion/predictions/<predictor>.csv): DVC's
+`confusion` template draws them, so `dvc plots diff` puts two versions' matrices side by side. One folder of
+same-shaped files is one top-level plot entry in dvc.yaml whatever `emotion.predictors` lists."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 NO_LABEL = "(invalid/unmapped)"
+PAIRS_DIR = "predictions"  # reports/emotion/<PAIRS_DIR>/<predictor>.csv
 
 
 PER_EMOTION_SCORES = ("accuracy", "bertscore_f1", "bertscore_f1_rescaled", "wordvec_cos", "wordvec_cos_rescaled")
@@ -47,10 +52,14 @@ def per_emotion(pred: pd.DataFrame, taxonomy: Taxonomy, boot: tuple[int, float, 
     return pd.DataFrame(rows)
 
 
+def predicted_labels(pred: pd.DataFrame) -> pd.Series:
+    """The predicted label of each row; an invalid or unmapped prediction is NO_LABEL."""
+    return pred["label"].where(pred["valid"] & (pred["label"] != ""), NO_LABEL)
+
+
 def confusion(pred: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
     """Counts, gold rows × predicted columns (+ a column for invalid or unmapped predictions)."""
-    predicted = pred["label"].where(pred["valid"] & (pred["label"] != ""), NO_LABEL)
-    table = pd.crosstab(pred["gold"], predicted)
+    table = pd.crosstab(pred["gold"], predicted_labels(pred))
     return table.reindex(index=taxonomy.keys, columns=[*taxonomy.keys, NO_LABEL], fill_value=0)
 
 
@@ -70,8 +79,22 @@ def plot_confusion(table: pd.DataFrame, title: str, path: Path) -> Path:
     return save_figure(fig, path, dpi=100)
 
 
+def prediction_pairs(pred: pd.DataFrame) -> pd.DataFrame:
+    """One row per dialogue, in the split's order: dialogue_id, gold, predicted (NO_LABEL when invalid)."""
+    return pd.DataFrame({"dialogue_id": pred["dialogue_id"].astype(str).to_numpy(),
+                         "gold": pred["gold"].astype(str).to_numpy(), "predicted": predicted_labels(pred).to_numpy()})
+
+
+def write_pairs(pred: pd.DataFrame, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        prediction_pairs(pred).to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n")
+    return path
+
+
 def write_reports(pred: pd.DataFrame, taxonomy: Taxonomy, name: str, out_dir: Path,
                   boot: tuple[int, float, int] = (1000, 0.95, 0)) -> list[Path]:
+    """reports/emotion/<name>/{per_emotion,confusion}.csv + confusion.png (`out_dir`), and the (gold, predicted)
+    pairs beside the predictors' folders: reports/emotion/predictions/<name>.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = per_emotion(pred, taxonomy, boot)
     csv = out_dir / "per_emotion.csv"
@@ -82,4 +105,5 @@ def write_reports(pred: pd.DataFrame, taxonomy: Taxonomy, name: str, out_dir: Pa
     with atomic_path(conf_csv) as tmp:
         conf.to_csv(tmp, encoding="utf-8")
     png = plot_confusion(conf, f"emotion: {name} (n={len(pred)})", out_dir / "confusion.png")
-    return [csv, conf_csv, png]
+    pairs = write_pairs(pred, out_dir.parent / PAIRS_DIR / f"{name}.csv")
+    return [csv, conf_csv, png, pairs]

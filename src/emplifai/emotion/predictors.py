@@ -132,6 +132,7 @@ def fasttext_clf(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
 def openai(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
     """Any OpenAI-compatible chat endpoint through the shared cached client; failed requests → invalid
     (more than `max_failure_rate` of them: the stage stops); `emotion/truncated` counts max_tokens cut-offs."""
+    from emplifai.llm.cache import namespace
     from emplifai.llm.openai_compat import ChatRequest, OpenAICompatClient
 
     pcfg = ctx.pcfg
@@ -139,11 +140,13 @@ def openai(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
     from emplifai.core.paths import resolve
 
     cache = resolve(pcfg.cache) if pcfg.get("cache") else None
-    client = OpenAICompatClient.from_config(pcfg, cache_path=cache, namespace="emotion")
+    decoding = {"temperature": float(pcfg.temperature), "max_tokens": int(pcfg.max_tokens), "seed": pcfg.get("seed"),
+                "stop": ["\n"]}
+    space = namespace(f"emotion/{pcfg.name}", str(pcfg.base_url), str(pcfg.model), build.fingerprint, decoding)
+    client = OpenAICompatClient.from_config(pcfg, cache_path=cache, namespace=space)
     requests = []
     for _, row in test.iterrows():
-        requests.append(ChatRequest(messages=build.messages(row), temperature=float(pcfg.temperature),
-                                    max_tokens=int(pcfg.max_tokens), seed=pcfg.get("seed"), stop=["\n"]))
+        requests.append(ChatRequest(messages=build.messages(row), **decoding))
     results = client.chat_many(requests)
     client.check_failures(results)  # over max_failure_rate: UserError before anything is written
     clean = answer_cleaner(pcfg)

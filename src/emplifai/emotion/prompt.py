@@ -84,6 +84,13 @@ class EmotionPrompt:
             raise PromptError(f"emotion.prompt.example uses an unknown field {err}") from err
 
     @property
+    def fingerprint(self) -> str:
+        """Hash of system + instruction + shots + example: part of the API cache namespace."""
+        from emplifai.llm.cache import stable_hash
+
+        return stable_hash({"system": self.system, "head": self.shared_prefix, "example": self.example})
+
+    @property
     def shared_prefix(self) -> str:
         """Instruction + few-shot examples: the same for every dialogue (its KV cache is reusable)."""
         head = f"{self.instruction.rstrip()}\n\n" if self.instruction else ""

@@ -17,6 +17,7 @@ the human turn) in reports/generate/metrics.json and MLflow.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -37,8 +38,13 @@ from emplifai.train.datamodule import read_split
 from emplifai.train.examples import SFTPrompt
 from emplifai.train.runs import sweep_run_names
 
+log = logging.getLogger(__package__)
+
 COLUMNS = ["response_id", "dialogue_id", "system", "response", "n_tokens", "seconds"]
 SWEEP = "sweep"  # generate.adapters entry: every adapter of the train sweep
+# The config it reads = its MLflow params (dvc.yaml params but paths).
+CONFIG = ("seed", "device", "threads", "taxonomy", "model", "encoder", "sft_prompt", "generate", "train.sweep",
+          "train.run_name")
 
 
 def adapter_dirs(cfg: DictConfig) -> list[Path]:
@@ -70,9 +76,15 @@ def system_metrics(frame: pd.DataFrame, refs: pd.Series, scorer: BertScorer) -> 
 
 def run(cfg: DictConfig) -> dict:
     preflight.check(cfg, "generate")
+    with tracking.stage_run(cfg, "generate", config=CONFIG) as run_:  # spans the work: a crash ends it FAILED
+        return work(cfg, run_)
+
+
+def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
     device = setup_torch(cfg)
     g = cfg.generate
     prepare_dir = resolve(cfg.paths.artifacts) / "prepare"
+    run_.log_split(str(g.split), prepare_dir / f"{g.split}.parquet")
     data = read_split(prepare_dir, str(g.split), g.get("sample_n"), int(cfg.seed))
     if data.empty:
         raise UserError(f"{prepare_dir / (str(g.split) + '.parquet')} has no rows to generate for")
@@ -107,21 +119,23 @@ def run(cfg: DictConfig) -> dict:
     refs = data.set_index("dialogue_id")["supporter"]
     scorer = BertScorer(cfg.encoder, device, int(cfg.generate.bertscore.batch_size))  # loaded once
     per_system = {s: system_metrics(f, refs, scorer) for s, f in responses.groupby("system", sort=False)}
-    metrics = {f"generate/{tracking.metric_name(s)}/{k}": v for s, m in per_system.items() for k, v in m.items()}
+    names = tracking.metric_names(per_system)  # unique per system, 日本語 names kept
+    metrics = {f"generate/{names[s]}/{k}": v for s, m in per_system.items() for k, v in m.items()}
     metrics["generate/responses"] = len(responses)
     reasons = {k: "no word n-grams in the responses" for k in metrics if "distinct" in k}
     tags = {"model": cfg.model.name, "prompt": cfg.sft_prompt.name, "systems": " | ".join(per_system)}
-    report = write_metrics(resolve(cfg.paths.reports) / "generate" / "metrics.json", metrics, reasons, tags)
-    with tracking.stage_run(cfg, "generate", tags) as run_:
-        run_.log_metrics(metrics, reasons=reasons)
-        if prompt_mismatch:
-            run_.set_tags({"prompt_mismatch": json.dumps(prompt_mismatch, ensure_ascii=False)})
-        run_.log_artifact(out_path, "generate")
-        run_.log_artifact(report, "generate")
+    report = write_metrics(resolve(cfg.paths.reports) / "generate" / "metrics.json", metrics, reasons,
+                           tags | run_.file_tags())
+    run_.set_tags(tags)
+    run_.log_metrics(metrics, reasons=reasons)
+    if prompt_mismatch:
+        run_.set_tags({"prompt_mismatch": json.dumps(prompt_mismatch, ensure_ascii=False)})
+    run_.log_artifact(out_path, "generate")
+    run_.log_artifact(report, "generate")
     for s, m in per_system.items():
-        print(f"generate: {s}: {m['mean_chars']:.0f} chars (human {m['human_mean_chars']:.0f}), "
+        log.info(f"generate: {s}: {m['mean_chars']:.0f} chars (human {m['human_mean_chars']:.0f}), "
               f"BERTScore F1 {m['bertscore_f1']:.3f}, {m['seconds_per_response']:.1f} s/response")
-    print(f"generate: {len(responses)} responses → {out_path}")
+    log.info(f"generate: {len(responses)} responses → {out_path}")
     return metrics
 
 

@@ -14,6 +14,7 @@ reports/judge/<judge.name>/ (summary, length-bias table, heatmap, metrics.json).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -28,8 +29,14 @@ from emplifai.core.metrics_file import write_metrics
 from emplifai.core.paths import atomic_path, resolve
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.judge import items as items_mod
+from emplifai.judge.responses import log_response_table
 from emplifai.judge.rubric import JudgePrompt, Rubric
-from emplifai.judge.summary import JUDGE_COLUMNS, heatmap, length_bias, summary, write_csv
+from emplifai.judge.summary import JUDGE_COLUMNS, heatmap, length_bias, summary, write_csv, write_means
+
+log = logging.getLogger(__package__)
+
+# The config it reads = its MLflow params (dvc.yaml params but paths, conf_dir).
+CONFIG = ("seed", "device", "threads", "taxonomy", "model", "judge", "data.raw_dir")
 
 
 def judge_model_cfg(cfg: DictConfig) -> dict:
@@ -87,6 +94,7 @@ def metrics_of(scores: pd.DataFrame, rubric: Rubric) -> tuple[dict, dict]:
     metrics["judge/parse_failure_rate"] = float(failures.mean()) if len(scores) else math.nan
     metrics["judge/api_errors"] = int(detail.str.startswith("error:").sum())
     metrics["judge/truncated"] = int((failures & detail.str.startswith("truncated")).sum())
+    names = tracking.metric_names(scores["system"].unique())  # unique per system, 日本語 names kept
     for c in rubric.keys:
         f = scores[scores["criterion"] == c]
         metrics[f"judge/{c}/parse_failure_rate"] = float((~f["parse_ok"]).mean()) if len(f) else math.nan
@@ -94,7 +102,7 @@ def metrics_of(scores: pd.DataFrame, rubric: Rubric) -> tuple[dict, dict]:
         metrics[f"judge/{c}/parse_failures"] = int((~f["parse_ok"] & fd.str.startswith("failed:")).sum())
         metrics[f"judge/{c}/truncated"] = int((~f["parse_ok"] & fd.str.startswith("truncated")).sum())
         for system, s in f.groupby("system"):
-            name = f"judge/{c}/mean_{tracking.metric_name(system)}"
+            name = f"judge/{c}/mean_{names[system]}"
             metrics[name] = float(s["score"].mean())
             if math.isnan(metrics[name]):
                 reasons[name] = "every score of this system failed to parse"
@@ -107,10 +115,19 @@ def metrics_of(scores: pd.DataFrame, rubric: Rubric) -> tuple[dict, dict]:
 def run(cfg: DictConfig) -> dict:
     preflight.check(cfg, "judge")
     j = cfg.judge
+    who = {"judge": str(j.name), "judge_backend": str(j.backend), "judge_model": str(j.model)}
+    with tracking.stage_run(cfg, "judge", who, config=CONFIG) as run_:  # spans the work: a crash ends it FAILED
+        return work(cfg, run_)
+
+
+def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
+    j = cfg.judge
     rubric = Rubric.from_config(j)
     builder = JudgePrompt(j.grading_prompt, rubric)
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     artifacts = resolve(cfg.paths.artifacts)
+    for table in ("test", "rated_responses", "human_ratings"):  # the human turns, the rated responses, ratings
+        run_.log_split(table, artifacts / "prepare" / f"{table}.parquet")
     items, notes = items_mod.collect(artifacts / "prepare", artifacts / "generate" / "responses.parquet",
                                      taxonomy, list(j.sources))
     total = len(items)
@@ -118,7 +135,7 @@ def run(cfg: DictConfig) -> dict:
     if len(items) < total:
         notes.append(f"judge.stratified_n={j.stratified_n}: judging {len(items)} of {total} responses (stratified)")
     for note in notes:
-        print(f"judge: note: {note}")
+        log.warning(f"judge: note: {note}")
     backend = make_backend(cfg, builder)
     start = time.perf_counter()
     grades = backend.grade(items)
@@ -131,7 +148,8 @@ def run(cfg: DictConfig) -> dict:
     summ = summary(scores)
     bias = length_bias(scores)
     files = [write_csv(summ, reports / "summary.csv"), write_csv(bias, reports / "length_bias.csv"),
-             write_csv(scores[~scores["parse_ok"]], reports / "parse_failures.csv")]
+             write_csv(scores[~scores["parse_ok"]], reports / "parse_failures.csv"),
+             write_means(summ, rubric.keys, reports / "means.csv")]  # plot data: DVC's bars
     table = summ.pivot(index="system", columns="criterion", values="mean").reindex(columns=rubric.keys)
     files.append(heatmap(table, f"judge {j.name}: mean score per system × criterion", reports / "scores_heatmap.png",
                          rubric.lo, rubric.hi))
@@ -149,13 +167,15 @@ def run(cfg: DictConfig) -> dict:
                 "judge/model_calls": stats.get("model_calls", stats.get("requests_sent", 0)),
                 "judge/cache_hits": stats.get("cache_hits", 0)}
     tags = {"judge": str(j.name), "judge_backend": str(j.backend), "judge_model": str(j.model),
-            "rubric": rubric.name, "prompt_hash": builder.fingerprint, "judge_notes": " | ".join(notes) or "(none)"}
-    files.append(write_metrics(reports / "metrics.json", metrics, reasons, tags))
-    with tracking.stage_run(cfg, "judge", tags) as run_:
-        run_.log_metrics(metrics, reasons=reasons)
-        for path in files:
-            run_.log_artifact(path, f"judge/{j.name}")
-    print(f"judge {j.name}: {len(items)} responses × {len(rubric.keys)} criteria in {seconds:.1f}s "
+            "rubric": rubric.name, "prompt_hash": builder.fingerprint, "judge_notes": " | ".join(notes) or "(none)",
+            "data_version": tracking.data_version(cfg.data.raw_dir)}  # agreement/report refuse another version
+    files.append(write_metrics(reports / "metrics.json", metrics, reasons, tags | run_.file_tags()))
+    run_.set_tags(tags)
+    run_.log_metrics(metrics, reasons=reasons)
+    for path in files:
+        run_.log_artifact(path, f"judge/{j.name}")
+    log_response_table(run_, scores, items, artifacts / "prepare" / "human_ratings.parquet", j)
+    log.info(f"judge {j.name}: {len(items)} responses × {len(rubric.keys)} criteria in {seconds:.1f}s "
           f"({metrics['judge/model_calls']} model calls, {metrics['judge/cache_hits']} cached); no score "
           f"{metrics['judge/parse_failure_rate']:.1%} ({metrics['judge/api_errors']} API errors, "
           f"{metrics['judge/truncated']} truncated) → {out}")

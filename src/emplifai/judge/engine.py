@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from emplifai.judge.parse import Sample, score_reply
 from emplifai.judge.rubric import JudgeItem, JudgePrompt
-from emplifai.llm.cache import ResponseCache, cache_key, stable_hash
+from emplifai.llm.cache import ResponseCache, cache_key, namespace
 
 
 @dataclass
@@ -40,16 +40,15 @@ class Grade:
 
 
 def model_fingerprint(model_dir: Path) -> str:
-    """Weights identity: the materialize manifest's sha256, else config.json + weight file sizes."""
-    manifest = model_dir / "emplifai_manifest.json"
-    if manifest.exists():
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        if data.get("sha256"):
-            return f"sha256:{data['sha256'][:16]}"
+    """Weights identity by content: config.json and every weight file hashed (sizes alone would let a
+    re-quantised model of the same shape hit the old model's cache). ~1 s per GB, only for a real model load."""
     h = hashlib.sha256((model_dir / "config.json").read_bytes())
     for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return f"cfg:{h.hexdigest()[:16]}"
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+    return f"sha256:{h.hexdigest()[:16]}"
 
 
 class HFLocalJudge:
@@ -61,10 +60,12 @@ class HFLocalJudge:
 
         self.jcfg, self.model_cfg, self.builder, self.cache, self.device = jcfg, model_cfg, builder, cache, device
         self.shared = shared
-        self.model_id = f"{model_cfg['name']}@{model_fingerprint(model_dir(model_cfg))}"
+        weights = model_fingerprint(model_dir(model_cfg))
+        self.model_id = f"{model_cfg['name']}@{weights}"
         self.chat_format = str(model_cfg.get("chat_format", "plain"))
-        chat = "|chat_template" if self.chat_format != "plain" else ""  # plain keeps its existing cache keys
-        self.namespace = f"judge|hf_local|{self.model_id}|{builder.fingerprint}|shared={shared}{chat}"
+        self.namespace = namespace("judge/hf_local", weights, str(model_cfg["name"]), builder.fingerprint,
+                                   {"shared": shared, "chat_format": self.chat_format},
+                                   str(model_cfg.get("compute_dtype", "float32")), str(device))
         self.scorer = None
         self.fmt = None
         self.stats = {"model_calls": 0, "cache_hits": 0, "forwards": 0}
@@ -120,8 +121,8 @@ class OpenAIJudge:
         self.jcfg, self.builder = jcfg, builder
         decoding = {k: jcfg.get(k) for k in ("temperature", "seed", "max_tokens", "n", "json_mode", "logprobs",
                                              "top_logprobs")}
-        self.namespace = (f"judge|openai|{jcfg.base_url}|{jcfg.model}|{builder.fingerprint}|"
-                          f"{stable_hash(decoding)}")
+        self.namespace = namespace("judge/openai", str(jcfg.base_url), str(jcfg.model), builder.fingerprint,
+                                   decoding)
         cfg = OmegaConf.to_container(jcfg, resolve=True)
         self.client = OpenAICompatClient.from_config(cfg, cache_path=cache_path, namespace=self.namespace)
         self.stats = self.client.stats

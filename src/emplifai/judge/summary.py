@@ -1,4 +1,7 @@
-"""Judge tables, bias diagnostics and plots for reports/judge/<judge>/."""
+"""Judge tables, bias diagnostics and plots for reports/judge/<judge>/.
+
+`means.csv` is the mean score per criterion × system as plot data: one bar each (DVC's `bar_horizontal`
+template), so `dvc plots diff` puts two versions' bars next to each other."""
 
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ JUDGE_COLUMNS = ["response_id", "dialogue_id", "system", "source", "criterion", 
 
 
 def summary(scores: pd.DataFrame) -> pd.DataFrame:
-    """Mean / std / n / parse failures per system × criterion."""
+    """Mean / std / n / parse failures per system × criterion; n counts scored responses only (a failed grade
+    is NaN and in no mean, so counting it would make every interval built on n too narrow)."""
     g = scores.groupby(["system", "criterion"], sort=False)
-    return pd.DataFrame({"mean": g["score"].mean(), "std": g["score"].std(), "n": g["score"].size(),
+    return pd.DataFrame({"mean": g["score"].mean(), "std": g["score"].std(), "n": g["score"].count(),
                          "parse_failures": g["parse_ok"].apply(lambda s: int((~s).sum()))}).reset_index()
 
 
@@ -36,6 +40,30 @@ def length_bias(scores: pd.DataFrame) -> pd.DataFrame:
             rows.append({"system": system, "criterion": criterion, "spearman_length": c.value, "n": c.n,
                          "reason": c.reason or ""})
     return pd.DataFrame(rows)
+
+
+def means_table(summ: pd.DataFrame, criteria: list[str]) -> pd.DataFrame:
+    """One row per criterion × system (the rubric's criterion order, then the summary's system order) with the
+    bar's label `criterion_system` ("<criterion> | <system>": DVC's bar template takes one category field).
+    A cell without a mean (every score failed to parse) has no bar: Vega would draw its empty cell as 0."""
+    order = {c: i for i, c in enumerate(criteria)}
+    rows = summ[summ["criterion"].isin(order) & summ["mean"].notna()].copy()
+    rows["_order"] = rows["criterion"].map(order)
+    rows = rows.sort_values("_order", kind="stable")
+    return pd.DataFrame({"criterion_system": (rows["criterion"] + " | " + rows["system"]).to_numpy(),
+                         "criterion": rows["criterion"].to_numpy(), "system": rows["system"].to_numpy(),
+                         "mean": rows["mean"].to_numpy(dtype=float), "n": rows["n"].to_numpy()})
+
+
+def write_plot_data(frame: pd.DataFrame, path: Path) -> Path:
+    """A plot's data file, 6 significant digits: identical runs write identical bytes."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, encoding="utf-8", float_format="%.6g", lineterminator="\n")
+    return path
+
+
+def write_means(summ: pd.DataFrame, criteria: list[str], path: Path) -> Path:
+    return write_plot_data(means_table(summ, criteria), path)
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:

@@ -36,6 +36,19 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:length]
 
 
+def namespace(backend: str, source: str, model: str, prompt: str, decoding: Any = None, dtype: str | None = None,
+              device: str | None = None) -> str:
+    """The one place a cache namespace is built, from every part that decides what an answer is: the backend,
+    what answered (the server URL, credentials stripped, or the weights' content hash), the model id, the dtype
+    and device it ran in (local models), the prompt + rubric hash and the decoding params. Change any one and
+    the cache misses (tests/test_llm_client.py changes each in turn)."""
+    from emplifai.core.secrets import redact
+
+    parts = {"backend": backend, "source": redact(source, None), "model": model, "dtype": dtype, "device": device,
+             "prompt": prompt, "decoding": stable_hash(decoding) if decoding is not None else None}
+    return "|".join(f"{k}={v}" for k, v in parts.items() if v is not None)
+
+
 def cache_key(namespace: str, model: str, payload: dict[str, Any]) -> str:
     """sha256 over (namespace, model, canonical payload); the payload holds messages and all decoding params."""
     blob = canonical_json({"namespace": namespace, "model": model, "payload": payload})

@@ -5,12 +5,15 @@ responses needs bounded concurrency. Failures never escape `chat_many`: each req
 with `error` set when it finally failed, so one bad reply never aborts a batch; the stage then decides with
 `check_failures` (a run-level failure budget) whether the batch is good enough to write. A circuit breaker
 stops a batch once the server is unreachable, so a dead server fails a stage in seconds, not hours. The API
-key is read from the environment at call time and lives only in the request headers of that call.
+key is read from the environment at call time and lives only in the request headers of that call; a
+`user:password@` in base_url is Basic auth, cut from the URL that logs and errors show. Every error kept is
+redacted of both (whole, or any 8 characters of them: a server may clip what it quotes back).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import os
 import random
@@ -31,10 +34,12 @@ from emplifai.llm.protocol import (
     ChatRequest,
     ChatResult,
     Malformed,
+    body_problem,
     parse_choices,
     parse_retry_after,
     redact,
     snippet,
+    split_credentials,
 )
 
 __all__ = ["ChatRequest", "ChatResult", "OpenAICompatClient"]
@@ -89,9 +94,15 @@ class OpenAICompatClient:
             raise UserError(f"LLM client: max_retries must be >= 0, got {max_retries}")
         if max_failure_rate is not None and not 0 <= max_failure_rate <= 1:
             raise UserError(f"LLM client: max_failure_rate must be in [0, 1] (or null), got {max_failure_rate}")
-        self.base_url = base_url.rstrip("/")
+        # a `user:password@` in base_url is sent as HTTP Basic auth and shown nowhere (logs, errors, repr)
+        url, self._basic = split_credentials(base_url.rstrip("/"))
+        self.base_url = url
         self.model = model
         self.api_key_env = api_key_env or None  # the NAME of the env var; the key itself is never stored
+        if self._basic and self.api_key_env:
+            raise UserError(f"LLM client: base_url {url} carries a user:password and api_key_env names an API key "
+                            f"({self.api_key_env}); both would be the Authorization header: keep one (the key in "
+                            "that env var, and base_url without user:password@; or api_key_env=null)")
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
         self.backoff_s = float(backoff_s)
@@ -231,8 +242,14 @@ class OpenAICompatClient:
         self, payloads: dict[str, dict], weights: dict[str, int], api_key: str | None, bar: Any
     ) -> dict[str, ChatResult]:
         headers = {"Content-Type": "application/json"}
+        secrets = [api_key] if api_key else []  # what an echoing server must never get into an error we keep
+        auth = None
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        elif self._basic:
+            auth = httpx.BasicAuth(*self._basic)
+            secrets += [*self._basic, base64.b64encode(":".join(self._basic).encode()).decode()]
+        secrets = [s for s in secrets if s]
         sem = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         if self._tls is None:  # httpx builds one even for plain http; reuse it across batches
@@ -240,12 +257,12 @@ class OpenAICompatClient:
         circuit = _Circuit(self.max_consecutive_connection_errors, self.base_url)
         # a connect timeout well below the request timeout: an unreachable host is known in seconds
         timeout = httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s / 2))
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, verify=self._tls) as http:
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, verify=self._tls, auth=auth) as http:
 
             async def one(key: str) -> tuple[str, ChatResult]:
                 async with sem:
                     try:
-                        res = await self._send_one(http, payloads[key], headers, circuit)
+                        res = await self._send_one(http, payloads[key], headers, circuit, secrets)
                     except Exception as err:  # a bug or odd transport state must not sink the whole batch
                         res = ChatResult([], None, f"unexpected {type(err).__name__}: {err}", attempts=1)
                 if res.error is None and self.cache is not None:
@@ -256,7 +273,7 @@ class OpenAICompatClient:
                     except sqlite3.Error as err:  # keep the answer; the next run just asks again
                         warnings.warn(f"LLM cache write to {self.cache.path} failed: {err}", stacklevel=2)
                 if res.error is not None:
-                    res.error = redact(res.error, api_key)
+                    res.error = redact(res.error, secrets)
                     self.stats["failures"] += 1
                 bar.update(weights[key])
                 return key, res
@@ -265,7 +282,7 @@ class OpenAICompatClient:
         return dict(pairs)
 
     async def _send_one(self, http: httpx.AsyncClient, body: dict, headers: dict[str, str],
-                        circuit: _Circuit) -> ChatResult:
+                        circuit: _Circuit, secrets: Sequence[str] = ()) -> ChatResult:
         url = f"{self.base_url}/chat/completions"
         last_error = "no attempt made"
         attempt = 0
@@ -278,13 +295,16 @@ class OpenAICompatClient:
             try:
                 resp = await asyncio.wait_for(http.post(url, json=body, headers=headers), self.timeout_s)
             except CONNECT_ERRORS as err:  # before TimeoutException: ConnectTimeout is one
-                last_error = f"connection error: {type(err).__name__}: {err}"[:300]
+                last_error = redact(f"connection error: {type(err).__name__}: {err}", secrets)[:300]
                 unreachable = True
                 circuit.connect_failed(last_error)
             except (TimeoutError, httpx.TimeoutException):
                 last_error = f"timeout ({self.timeout_s:g}s)"
-            except httpx.TransportError as err:  # connected, then the connection broke: the server is there
-                last_error = f"connection error: {type(err).__name__}"
+            except httpx.TransportError as err:  # connected, then the connection broke (mid-body too): retried
+                last_error = redact(f"connection error: {type(err).__name__}: {err}", secrets)[:300]
+            except httpx.DecodingError as err:  # a compressed body cut short or corrupt: as a malformed reply
+                circuit.answered()
+                last_error = redact(f"malformed reply: the body could not be decoded ({err})", secrets)[:300]
             else:
                 circuit.answered()
                 status = resp.status_code
@@ -293,14 +313,14 @@ class OpenAICompatClient:
                         c = parse_choices(resp.json())
                         return ChatResult(c.texts, c.top_logprobs, None, cached=False, attempts=attempt,
                                           finish_reasons=c.finish_reasons, tokens=c.tokens)
-                    except (Malformed, ValueError) as err:  # json.JSONDecodeError is a ValueError
-                        last_error = f"malformed reply: {err}"[:300]
+                    except (Malformed, ValueError) as err:  # JSON and UTF-8 decoding errors are ValueErrors
+                        last_error = redact(f"malformed reply: {body_problem(err, resp.content)}", secrets)[:300]
                 elif status == 429 or status >= 500:
-                    last_error = f"HTTP {status}: {snippet(resp)}"
+                    last_error = f"HTTP {status}: {snippet(resp, secrets)}"
                     if status in (429, 503):
                         retry_after = parse_retry_after(resp.headers.get("retry-after"))
                 else:  # other 4xx: our request is wrong, retrying cannot help
-                    return ChatResult([], None, f"HTTP {status}: {snippet(resp)}", attempts=attempt)
+                    return ChatResult([], None, f"HTTP {status}: {snippet(resp, secrets)}", attempts=attempt)
             if attempt > self.max_retries:
                 break
             self.stats["retries"] += 1

@@ -13,8 +13,11 @@ import math
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
+
+from emplifai.core.secrets import Secrets, redact  # noqa: F401 - re-exported: the client masks its errors
 
 
 @dataclass(frozen=True)
@@ -139,16 +142,40 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def snippet(resp: httpx.Response, limit: int = 300) -> str:
-    """Short single-line excerpt of an error body (the server's own message) for the error string."""
+MAX_ERROR_BODY = 1 << 16  # characters of an error page read for its message (a 10 MB page is cut first)
+
+
+def snippet(resp: httpx.Response, secret: Secrets = None, limit: int = 300) -> str:
+    """Short single-line excerpt of an error body (the server's own message) for the error string; redacted
+    before it is cut, so a key echoed across the cut cannot leave a fragment behind."""
     try:
         data = resp.json()
         err = data.get("error") if isinstance(data, dict) else None
         text = (err.get("message") if isinstance(err, dict) else err) or json.dumps(data, ensure_ascii=False)
     except ValueError:
         text = resp.text
-    return " ".join(str(text).split())[:limit]
+    return redact(" ".join(str(text)[:MAX_ERROR_BODY].split()), secret)[:limit]
 
 
-def redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+def body_problem(err: Exception, body: bytes) -> str:
+    """Why a 2xx body is no completion, in words: a body cut short (mid-JSON, mid-character) says so."""
+    ends_open = not body.rstrip().endswith(b"}")  # a chat completion is an object: cut off if it never closes
+    cut = ", cut short?" if ends_open else ""
+    if isinstance(err, UnicodeDecodeError):
+        return f"the body ({len(body)} bytes) is not valid UTF-8{cut} ({err.reason}: byte {err.start})"
+    if isinstance(err, json.JSONDecodeError):
+        return f"the body ({len(body)} bytes) is not valid JSON{cut} ({err.msg}: character {err.pos})"
+    return str(err)
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """`url` without its `user:password@` (the form every log line, error and cache key may show) and the
+    (user, password) pair for HTTP Basic auth, or None when the URL carries none."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), (unquote(user), unquote(password))
+
+

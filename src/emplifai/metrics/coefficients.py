@@ -28,13 +28,18 @@ class Coef:
     n: int = 0
 
 
+TIE_DECIMALS = 9  # means of 1–5 ratings: equal values that differ only by float rounding are one tie
+
+
 def paired(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """The two arrays restricted to positions where both are finite."""
+    """The two arrays restricted to positions where both are finite, rounded to TIE_DECIMALS: two means of the
+    same ratings summed in another order (4.6 vs 4.6000000000000005) must tie in a rank correlation, or the
+    coefficient would depend on the order of the sum."""
     a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired scores differ in length: {a.shape} vs {b.shape}")
     keep = np.isfinite(a) & np.isfinite(b)
-    return a[keep], b[keep]
+    return np.round(a[keep], TIE_DECIMALS), np.round(b[keep], TIE_DECIMALS)
 
 
 def degenerate(a: np.ndarray, b: np.ndarray, names: tuple[str, str] = ("x", "y")) -> str | None:

@@ -9,11 +9,11 @@ systems (each system keeps its size), from the same seed as every other agreemen
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pandas as pd
 
+from emplifai.core.tracking import metric_names
 from emplifai.metrics.bootstrap import draws_within, percentile_ci
 from emplifai.metrics.coefficients import MIN_ITEMS, kendall
 from emplifai.metrics.tables import Cube, _nanmean
@@ -70,9 +70,10 @@ def system_level(cube: Cube, boot: dict | None) -> tuple[pd.DataFrame, dict[str,
     table = pd.DataFrame(rows, columns=["system", "n_responses", "judge_mean", "human_mean", "gap", "gap_ci_low",
                                         "gap_ci_high", "flagged", "reason"])
     metrics["n_flagged"] = float(np.nansum(table["flagged"])) if len(table) else 0.0
+    names = metric_names(row["system"] for row in rows)
     for row in rows:
         for stat in ("gap", "gap_ci_low", "gap_ci_high", "flagged"):
-            key = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(row['system']))}/{stat}"  # MLflow-safe
+            key = f"{names[row['system']]}/{stat}"  # MLflow-safe and unique (core/tracking.py)
             metrics[key] = float(row[stat])
             if not math.isfinite(metrics[key]):
                 reasons[key] = row["reason"] or "not computed (bootstrap off)"

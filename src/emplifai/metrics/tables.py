@@ -1,7 +1,9 @@
 """Judge-vs-human agreement tables built from the wrappers in emplifai.metrics.coefficients (no formulas here).
 
 Input: one judge's long scores (response_id, system, criterion, score) and human ratings (response_id,
-rater_id, criterion, score). Only responses with both are compared. Nothing is pooled over criteria: the
+rater_id, criterion, score). Only (response, criterion) pairs with both are compared: a judge reply that
+failed (score NaN) is no item, so every `n` counts scored pairs only and every CI resamples the responses that
+have one (a response the judge failed on entirely is not in the draws). Nothing is pooled over criteria: the
 criteria differ in their means for humans and judge alike, so correlating (response, criterion) cells
 would report the criteria's shared ordering as agreement. Across criteria there are only
 - `macro`: the mean of the per-criterion coefficients, and
@@ -28,14 +30,15 @@ BOOTSTRAPPED = (*CORRELATIONS, *ALPHAS)  # qwk and the ceilings are point estima
 
 
 def merge(scores: pd.DataFrame, ratings: pd.DataFrame) -> pd.DataFrame:
-    """One row per (response_id, criterion): judge score, human mean/median, one column per rater."""
+    """One row per (response_id, criterion) with a judge score (not NaN) and human ratings: judge score, human
+    mean/median, one column per rater."""
     wide = ratings.pivot_table(index=["response_id", "criterion"], columns="rater_id", values="score",
                                aggfunc="mean")
     wide.columns = [f"rater:{c}" for c in wide.columns]
     human = ratings.groupby(["response_id", "criterion"])["score"].agg(human_mean="mean", human_median="median",
                                                                       n_raters="size")
-    judge = scores.groupby(["response_id", "criterion", "system"], as_index=False)["score"].mean()
-    judge = judge.rename(columns={"score": "judge"})
+    judge = scores.dropna(subset=["score"]).groupby(["response_id", "criterion", "system"], as_index=False)["score"]
+    judge = judge.mean().rename(columns={"score": "judge"})
     return judge.merge(human.join(wide).reset_index(), on=["response_id", "criterion"], how="inner")
 
 
@@ -185,7 +188,7 @@ def coefficient_table(merged: pd.DataFrame, criteria: list[str], lo: int, hi: in
     for c, crit in enumerate(criteria):
         rows[crit], ceil = _point(cube.judge[:, c], cube.raters[:, :, c], cube.rater_ids, lo, hi, True)
         ceilings.append(ceil.assign(criterion=crit))
-    rows[MACRO] = {"n": Coef(float(len(cube.responses)), None), **_macro(rows, criteria)}
+    rows[MACRO] = {"n": Coef(float(len(cube.responses)), None), **_macro(rows, criteria)}  # scored on ≥ 1 criterion
     rows[RESPONSE_LEVEL], ceil = _point(*cube.response_means(), cube.rater_ids, lo, hi, False)
     ceilings.append(ceil.assign(criterion=RESPONSE_LEVEL))
     table = {row: {stat: c.value for stat, c in coefs.items()} for row, coefs in rows.items()}

@@ -24,6 +24,8 @@ from emplifai.lm.load import setup_torch
 from emplifai.models.materialize import materialize
 
 GROUPS = ("model", "encoder")
+# The config it reads = its MLflow params (dvc.yaml params but conf_dir).
+CONFIG = ("device", "threads", "models")
 
 
 def packaged_specs(cfg: DictConfig, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -64,7 +66,7 @@ def logged_run(cfg: DictConfig) -> dict[str, float]:
     """`run` inside the stage's MLflow run."""
     from emplifai.core import tracking
 
-    with tracking.stage_run(cfg, "models") as stage:
+    with tracking.stage_run(cfg, "models", config=CONFIG) as stage:
         metrics = run(cfg)
         stage.log_metrics(metrics)
     return metrics

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -29,7 +29,10 @@ from emplifai.prepare.validate import Validated, validate
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+log = logging.getLogger(__package__)
+
 SPLITS = ("train", "val", "test")
+CONFIG = ("data", "taxonomy")  # the config it reads = its MLflow params (dvc.yaml params but paths)
 
 
 class DataError(UserError):
@@ -101,20 +104,30 @@ def write_outputs(frame: pd.DataFrame, result: Validated, out_dir: Path) -> None
 
 def run(cfg: DictConfig) -> dict:
     preflight.check(cfg, "prepare")
+    with tracking.stage_run(cfg, "prepare", config=CONFIG) as run_:  # spans the work: a crash ends it FAILED
+        return work(cfg, run_)
+
+
+def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
     taxonomy = Taxonomy.from_config(cfg.taxonomy)
     raw_dir = resolve(cfg.data.raw_dir)
     if not raw_dir.is_dir():
         raise DataError(f"raw data directory not found: {raw_dir} (set data.raw_dir=PATH, or run "
                         f"`python -m emplifai.sample {cfg.data.raw_dir}` for the shipped sample)")
+    run_.log_split("raw", raw_dir)
     reports = resolve(cfg.paths.reports) / "data"
     reports.mkdir(parents=True, exist_ok=True)
     result = validate(raw_dir, taxonomy, list(cfg.data.criteria), nfkc=bool(cfg.data.nfkc))
+    for name, why in result.unknown_files.items():  # a misspelled or unsupported file is named, never dropped quietly
+        log.warning(f"prepare: not read: {raw_dir / name} ({why})")
+    for note in result.notes:  # ratings read from a wide table or a Label Studio export: what was counted
+        log.info(f"prepare: {note}")
     rejected = write_rejected(result, reports)
     if result.problems:
-        print(f"{len(result.problems)} problem(s) in {raw_dir}:", file=sys.stderr)
+        log.error(f"{len(result.problems)} problem(s) in {raw_dir}:")
         for problem in result.problems:
-            print(f"  {problem}", file=sys.stderr)
-        print(f"(all listed in {rejected})", file=sys.stderr)
+            log.error(f"  {problem}")
+        log.error(f"(all listed in {rejected})")
         if result.fatal or cfg.data.strict:
             hint = "" if result.fatal else "; fix them or rerun with data.strict=false to drop those rows"
             raise DataError(f"{len(result.problems)} data problem(s){hint}")
@@ -122,18 +135,21 @@ def run(cfg: DictConfig) -> dict:
     stats = describe(frame, result, taxonomy)
     stats["taxonomy"] = taxonomy.name
     stats["encodings"] = result.encodings  # what was detected per text file (utf-8, utf-8-sig, cp932)
+    stats["unknown_files"] = list(result.unknown_files)  # files in raw_dir that no table reads
+    if result.imports:
+        stats["imports"] = result.imports  # e.g. human_ratings: Label Studio export counts
     with atomic_path(reports / "stats.json") as tmp:
         tmp.write_text(json.dumps(stats, ensure_ascii=False, indent=2), encoding="utf-8")
     plots = plot(frame, taxonomy, reports)
     write_outputs(frame, result, resolve(cfg.paths.artifacts) / "prepare")
     metrics = {f"prepare/dialogues_{s}": stats["dialogues"][s] for s in SPLITS}
     metrics |= {"prepare/rejected_rows": stats["rejected_rows"], "prepare/situations": frame["situation_id"].nunique()}
-    write_metrics(reports / "metrics.json", metrics, tags={"taxonomy": taxonomy.name})
-    with tracking.stage_run(cfg, "prepare", {"taxonomy": taxonomy.name}) as run_:
-        run_.log_metrics(metrics)
-        for path in (reports / "metrics.json", reports / "stats.json", rejected, *plots):
-            run_.log_artifact(path, "data")
-    print(f"prepare: {len(frame)} dialogues → {resolve(cfg.paths.artifacts) / 'prepare'}; "
+    write_metrics(reports / "metrics.json", metrics, tags={"taxonomy": taxonomy.name} | run_.file_tags())
+    run_.set_tags({"taxonomy": taxonomy.name})
+    run_.log_metrics(metrics)
+    for path in (reports / "metrics.json", reports / "stats.json", rejected, *plots):
+        run_.log_artifact(path, "data")
+    log.info(f"prepare: {len(frame)} dialogues → {resolve(cfg.paths.artifacts) / 'prepare'}; "
           f"rejected rows: {stats['rejected_rows']}; stats in {reports / 'stats.json'}")
     return metrics
 

@@ -1,7 +1,8 @@
 """Validate a raw data directory: every problem named by file, row and reason; nothing silently lost.
 
 Rows are checked table by table in dependency order (situations → dialogues → rated responses →
-ratings), so a dialogue whose situation was rejected is itself rejected with that reason.
+ratings), so a dialogue whose situation was rejected is itself rejected with that reason. Human ratings in a
+wide table or a Label Studio export are turned long first (data/io.py) and checked row by row like any other.
 """
 
 from __future__ import annotations
@@ -13,8 +14,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from emplifai.data.io import ROW_COLUMN, TableError, find_table, read_table
-from emplifai.data.schema import DIALOGUES, HUMAN_RATINGS, RATED_RESPONSES, SITUATIONS, TABLES, TableSpec
+from emplifai.data.io import (
+    AT_COLUMN,
+    ROW_COLUMN,
+    TableError,
+    find_table,
+    melt_wide,
+    read_table,
+    unknown_files,
+)
+from emplifai.data.schema import (
+    DIALOGUES,
+    HUMAN_RATINGS,
+    RATED_RESPONSES,
+    RATING_KEYS,
+    SITUATIONS,
+    TABLES,
+    TableSpec,
+    ratings_are_wide,
+)
 from emplifai.data.taxonomy import Taxonomy
 
 REJECTED_COLUMNS = ["file", "row", "column", "reason", "record"]
@@ -27,9 +45,10 @@ class Problem:
     column: str
     reason: str
     record: str = ""
+    unit: str = "row"  # what `row` counts: a line, a .json record, a Label Studio task
 
     def __str__(self) -> str:
-        where = f"row {self.row}" if self.row else "file"
+        where = f"{self.unit} {self.row}" if self.row else "file"
         col = f" [{self.column}]" if self.column else ""
         return f"{self.file}: {where}{col}: {self.reason}"
 
@@ -40,6 +59,9 @@ class Validated:
     problems: list[Problem] = field(default_factory=list)
     fatal: bool = False  # a required file/column is missing: nothing can run, strict or not
     encodings: dict[str, str] = field(default_factory=dict)
+    imports: dict[str, dict] = field(default_factory=dict)  # how a converted file was read (wide, Label Studio)
+    notes: list[str] = field(default_factory=list)  # the same in words, for the log
+    unknown_files: dict[str, str] = field(default_factory=dict)  # entries of raw_dir no table reads → why
 
     def rejected_frame(self) -> pd.DataFrame:
         return pd.DataFrame([p.__dict__ for p in self.problems], columns=REJECTED_COLUMNS)
@@ -52,8 +74,11 @@ def _text(value: str | None, nfkc: bool) -> str:
     return value.strip()
 
 
+INTERNAL = (ROW_COLUMN, AT_COLUMN)
+
+
 def _record(row: dict) -> str:
-    return json.dumps({k: v for k, v in row.items() if k != ROW_COLUMN}, ensure_ascii=False)
+    return json.dumps({k: v for k, v in row.items() if k not in INTERNAL}, ensure_ascii=False)
 
 
 def rating_value(value: str) -> int | None:
@@ -87,13 +112,39 @@ class _Checker:
         if table.encoding:
             self.out.encodings[spec.stem] = table.encoding
         frame = table.frame
+        if table.summary:
+            self.imported(spec.stem, table.summary, f"{path}: {table.note}")
+        if spec is HUMAN_RATINGS and ratings_are_wide(frame.columns, self.criteria):
+            frame = self.melt(path, frame)
         missing = [c for c in spec.required if c not in frame.columns]
         if missing:
-            self.fail(str(path), 1, ",".join(missing),
-                      f"missing required column(s) {missing}; found {[c for c in frame.columns if c != ROW_COLUMN]}")
+            hint = (f"; or a wide table: {', '.join(RATING_KEYS)} and one column per criterion "
+                    f"({', '.join(self.criteria)})" if spec is HUMAN_RATINGS else "")
+            if spec is HUMAN_RATINGS and {"annotator", "annotation_id"} <= set(frame.columns):
+                hint += "; this looks like Label Studio's JSON-MIN export: export as JSON (the full format)"
+            self.fail(str(path), 1, ",".join(missing), f"missing required column(s) {missing}; "
+                      f"found {[c for c in frame.columns if c not in INTERNAL]}{hint}")
             return None
         frame.attrs["file"] = str(path)
+        frame.attrs["unit"] = table.unit
+        frame.attrs["dates"] = table.dates
         return frame
+
+    def melt(self, path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+        """A wide ratings table, long: one row per filled criterion cell; a bad score names that column."""
+        present = [c for c in self.criteria if c in frame.columns]
+        long = melt_wide(frame, RATING_KEYS, present, "criterion", "score")
+        long.attrs["wide"] = True
+        absent = [c for c in self.criteria if c not in present]
+        self.imported("human_ratings", {"format": "wide", "rows": len(frame), "criteria": present,
+                                        "ratings": len(long)},
+                      f"{path}: wide table: {len(frame)} rows × {len(present)} criterion columns → {len(long)} "
+                      f"ratings (empty cells are not rated)" + (f"; no column for {absent}" if absent else ""))
+        return long
+
+    def imported(self, stem: str, summary: dict, note: str) -> None:
+        self.out.imports[stem] = summary
+        self.out.notes.append(note)
 
     def fail(self, file: str, row: int | None, column: str, reason: str) -> None:
         self.out.fatal = True
@@ -101,8 +152,9 @@ class _Checker:
 
     def check_rows(self, frame: pd.DataFrame, spec: TableSpec, extra) -> pd.DataFrame:
         """Common checks (empty text, duplicate ids) + table-specific `extra(row) -> reason | None`."""
-        file, kept, first_seen = frame.attrs["file"], [], {}
-        columns = [c for c in frame.columns if c != ROW_COLUMN]
+        file, unit, kept, first_seen = frame.attrs["file"], frame.attrs.get("unit", "row"), [], {}
+        dates, wide = frame.attrs.get("dates") or set(), bool(frame.attrs.get("wide"))
+        columns = [c for c in frame.columns if c not in INTERNAL]
         for row in frame.to_dict("records"):
             for col in columns:
                 row[col] = _text(row[col], self.nfkc) if row[col] is not None else None
@@ -110,16 +162,23 @@ class _Checker:
             for col in spec.required:
                 if not row[col]:
                     reasons.append((col, f"empty or whitespace-only '{col}'"))
+                source = row["criterion"] if wide and col == "score" else col  # wide: the criterion's column
+                if (row[ROW_COLUMN], source) in dates:
+                    reasons.append((source, f"'{source}' is an Excel date cell ({row[col]}): Excel turns what is "
+                                            f"typed like 1-2 or 2024/1/5 into a date; format the column as Text "
+                                            f"and retype it"))
             if spec.id_column and row[spec.id_column]:
                 rid = row[spec.id_column]
                 if rid in first_seen:
-                    reasons.append((spec.id_column, f"duplicate {spec.id_column} '{rid}' (first at row {first_seen[rid]})"))
+                    reasons.append((spec.id_column,
+                                    f"duplicate {spec.id_column} '{rid}' (first at {unit} {first_seen[rid]})"))
                 else:
                     first_seen[rid] = row[ROW_COLUMN]
             if not reasons:
                 reasons = extra(row)  # may normalize values in place (emotion name → key)
+            at = f" ({row[AT_COLUMN]})" if row.get(AT_COLUMN) else ""
             for col, reason in reasons:
-                self.out.problems.append(Problem(file, int(row[ROW_COLUMN]), col, reason, _record(row)))
+                self.out.problems.append(Problem(file, int(row[ROW_COLUMN]), col, reason + at, _record(row), unit))
             if not reasons:
                 kept.append({c: row[c] for c in columns})
         return pd.DataFrame(kept, columns=columns, dtype=object)
@@ -131,6 +190,10 @@ class _Checker:
 
 def validate(raw_dir: Path, taxonomy: Taxonomy, criteria: list[str], nfkc: bool = True) -> Validated:
     chk = _Checker(Path(raw_dir), taxonomy, list(criteria), nfkc)
+    if not chk.raw_dir.is_dir():
+        chk.fail(str(raw_dir), None, "", "raw data directory not found")
+        return chk.out
+    chk.out.unknown_files = unknown_files(chk.raw_dir, [spec.stem for spec in TABLES])
     frames = {spec.stem: chk.load(spec) for spec in TABLES}
     if chk.out.fatal or frames["situations"] is None or frames["dialogues"] is None:
         chk.out.fatal = True
@@ -184,20 +247,26 @@ def validate(raw_dir: Path, taxonomy: Taxonomy, criteria: list[str], nfkc: bool 
     if frames["human_ratings"] is not None:
         response_ids = set(chk.out.tables.get("rated_responses", pd.DataFrame(columns=["response_id"]))["response_id"])
         seen: dict[tuple, int] = {}
+        wide = bool(frames["human_ratings"].attrs.get("wide"))
+        unit = frames["human_ratings"].attrs.get("unit", "row")
 
         def rating(row):
             if row["response_id"] not in response_ids:
                 if frames["rated_responses"] is not None and row["response_id"] in set(frames["rated_responses"]["response_id"]):
                     return missing("response_id", row["response_id"], "rated_responses", response_ids)
-                return [("response_id", f"rating for missing response '{row['response_id']}'")]
+                where = (f"no such response_id in {Path(frames['rated_responses'].attrs['file']).name} (a rating "
+                         f"of another data version?)" if frames["rated_responses"] is not None
+                         else "there is no rated_responses.* file")
+                return [("response_id", f"rating for missing response '{row['response_id']}': {where}")]
             if row["criterion"] not in chk.criteria:
                 return [("criterion", f"unknown criterion '{row['criterion']}'; valid: {', '.join(chk.criteria)}")]
             score = rating_value(row["score"])
+            column = row["criterion"] if wide else "score"  # wide: the score sits in the criterion's column
             if score is None or not 1 <= score <= 5:
-                return [("score", f"score '{row['score']}' is not an integer from 1 to 5")]
+                return [(column, f"score '{row['score']}' is not an integer from 1 to 5")]
             key = (row["response_id"], row["rater_id"], row["criterion"])
             if key in seen:
-                return [("score", f"duplicate rating for {key} (first at row {seen[key]})")]
+                return [(column, f"duplicate rating for {key} (first at {unit} {seen[key]})")]
             seen[key] = row[ROW_COLUMN]
             row["score"] = str(score)
             return []

@@ -3,7 +3,9 @@
     python -m emplifai.report          # reports/summary.md and reports/summary.html (plots inline)
 
 It only reads what the other stages wrote under reports/ (its DVC deps), plus MLflow for run ids, so
-it is regenerated exactly when one of those inputs changes.
+it is regenerated exactly when one of those inputs changes. Of the judges it shows only the configured one
+(`judge.name`, and the agreement's primary judge), and it leaves out (with the reason, on the page and in the
+log) judge or agreement results whose metrics file records another data version than the current data's.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +23,17 @@ from omegaconf import DictConfig, OmegaConf
 from emplifai import preflight
 from emplifai.core import tracking
 from emplifai.core.app import stage_main
-from emplifai.core.metrics_file import read_metrics
+from emplifai.core.metrics_file import read_metrics, run_ids
 from emplifai.core.paths import resolve, write_text
 from emplifai.report.agreement_section import agreement_section
 from emplifai.report.metric_tables import group_table, groups, metric_table, missing_table, ungrouped
 from emplifai.train.runs import sweep_run_names
 
+log = logging.getLogger(__package__)
+
 Block = tuple[str, Any]  # ("h2"|"h3"|"p", str) | ("table", DataFrame) | ("img", Path)
-STAGES = ("prepare", "models", "emotion", "train", "generate", "judge", "agreement")
+# The config it reads = its MLflow params (dvc.yaml params but paths, mlflow).
+CONFIG = ("data.raw_dir", "agreement.bootstrap", "train.sweep", "train.run_name", "judge.name")
 
 
 def metrics_blocks(path: Path, group: str | None = None) -> list[Block]:
@@ -75,8 +81,8 @@ def folder_sections(base: Path, title: str, tables: tuple[str, ...], images: tup
     where a stage has several runs, so a stale folder that is no DVC dep never reaches the report."""
     if names is not None:
         folders = [base / n for n in names if (base / n / "metrics.json").exists()]
-    else:
-        folders = sorted({p.parent for pattern in ("*/metrics.json", "metrics.json") for p in base.glob(pattern)})
+    else:  # the stage's own file only: a subfolder is no DVC dep
+        folders = [base] if (base / "metrics.json").exists() else []
     if not folders:
         return [("p", f"No {title} results.")]
     blocks: list[Block] = []
@@ -91,18 +97,51 @@ def folder_sections(base: Path, title: str, tables: tuple[str, ...], images: tup
     return blocks
 
 
+def other_data(cfg: DictConfig, path: Path, what: str) -> str | None:
+    """Why `what` is left out of the page: its metrics file records another data version than the current
+    data's (None: the same, or none recorded — files written before stages recorded it)."""
+    recorded = read_metrics(path).tags.get("data_version")
+    current = tracking.data_version(cfg.data.raw_dir)
+    if recorded is None or tracking.same_data(recorded, current):
+        return None
+    note = (f"{what} left out: {path.relative_to(resolve(cfg.paths.reports)).as_posix()} was computed on data "
+            f"version {recorded}, the data is now version {current} (rerun it: dvc repro)")
+    log.warning(f"report: {note}")
+    return note
+
+
 def epoch_section(cfg: DictConfig, reports: Path) -> list[Block]:
     """The study's 1–3 epoch design: val loss per epoch and judge score per epoch, base and human beside."""
     from emplifai.report import epochs
 
     boot = OmegaConf.to_container(cfg.agreement.bootstrap, resolve=True)
-    return epochs.section(resolve(cfg.paths.artifacts), reports, boot, sweep_run_names(cfg), [str(cfg.judge.name)])
+    judge = str(cfg.judge.name)
+    note = other_data(cfg, reports / "judge" / judge / "metrics.json", f"judge {judge}'s scores")
+    blocks = epochs.section(resolve(cfg.paths.artifacts), reports, boot, sweep_run_names(cfg), [] if note else [judge])
+    return blocks + ([("p", note)] if note else [])
 
 
-def runs_section(cfg: DictConfig, version: str) -> list[Block]:
-    rows = [{"stage": s, "run": r["run_name"], "run_id": r["run_id"]}
-            for s in STAGES for r in tracking.find_runs(cfg, s, version, limit=20)[:6]]
-    return [("table", pd.DataFrame(rows))] if rows else [("p", "MLflow has no runs for this data version.")]
+def metrics_files(cfg: DictConfig, reports: Path) -> list[Path]:
+    """The metrics file of every stage result this page shows (each one a DVC dep of the report)."""
+    return [reports / "data" / "metrics.json", reports / "emotion" / "metrics.json",
+            *(reports / "train" / name / "metrics.json" for name in sweep_run_names(cfg)),
+            reports / "generate" / "metrics.json", reports / "judge" / str(cfg.judge.name) / "metrics.json",
+            reports / "judge" / "agreement.json"]
+
+
+def runs_section(cfg: DictConfig, reports: Path) -> list[Block]:
+    """Exactly the MLflow runs that wrote the metrics files behind this page (their `mlflow_run_id` tags), not
+    every run of the data version: stage, run name, status, start, duration and a link into the UI."""
+    found: dict[str, tuple[str, str]] = {}  # run id -> (experiment id, metrics file)
+    for path in metrics_files(cfg, reports):
+        for run_id, exp_id in run_ids(read_metrics(path)):
+            found.setdefault(run_id, (exp_id, path.relative_to(reports).as_posix()))
+    if not found:
+        return [("p", "No metrics file names an MLflow run (were the stages run with mlflow.enabled=false?).")]
+    rows = tracking.describe_runs(cfg, [(run_id, exp_id) for run_id, (exp_id, _) in found.items()])
+    for row, (_, path) in zip(rows, found.values(), strict=True):
+        row["metrics file"] = path
+    return [("table", pd.DataFrame(rows))]
 
 
 def to_markdown(blocks: list[Block], root: Path) -> str:
@@ -127,7 +166,8 @@ def to_html(blocks: list[Block]) -> str:
         elif kind == "p":
             body.append(f"<p>{html.escape(str(value))}</p>")
         elif kind == "table":
-            body.append(value.to_html(index=False, border=0, classes="t") if len(value) else "<p>(empty)</p>")
+            body.append(value.to_html(index=False, border=0, classes="t", render_links=True) if len(value)
+                        else "<p>(empty)</p>")
         elif kind == "img" and Path(value).exists():
             data = base64.b64encode(Path(value).read_bytes()).decode()
             body.append(f'<img alt="{Path(value).stem}" src="data:image/png;base64,{data}">')
@@ -140,6 +180,11 @@ def to_html(blocks: list[Block]) -> str:
 
 def run(cfg: DictConfig) -> dict:
     preflight.check(cfg, "report")
+    with tracking.stage_run(cfg, "report", config=CONFIG) as run_:  # spans the work: a crash ends it FAILED
+        return work(cfg, run_)
+
+
+def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
     reports = resolve(cfg.paths.reports)
     version = tracking.data_version(cfg.data.raw_dir)
     blocks: list[Block] = [
@@ -153,18 +198,22 @@ def run(cfg: DictConfig) -> dict:
         ("h2", "Generated responses"), *folder_sections(reports / "generate", "generate", (), (), group="system"),
         ("h2", "LLM-as-a-judge"), *judge_section(cfg, reports),
         ("h2", "Epoch comparison"), *epoch_section(cfg, reports),
-        ("h2", "Judge–human agreement"), *agreement_section(reports),
-        ("h2", "MLflow runs behind these numbers"), *runs_section(cfg, version),
+        ("h2", "Judge–human agreement"), *agreement_blocks(cfg, reports),
+        ("h2", "MLflow runs behind these numbers"), *runs_section(cfg, reports),
     ]
     write_text(reports / "summary.md", to_markdown(blocks, reports))
     write_text(reports / "summary.html", to_html(blocks))
-    with tracking.stage_run(cfg, "report") as run_:
-        run_.log_artifact(reports / "summary.md", "report")
-        run_.log_artifact(reports / "summary.html", "report")
-        if (reports / "epochs").is_dir():
-            run_.log_artifact(reports / "epochs", "report/epochs")
-    print(f"report: {reports / 'summary.md'} and {reports / 'summary.html'}")
+    run_.log_artifact(reports / "summary.md", "report")
+    run_.log_artifact(reports / "summary.html", "report")
+    if (reports / "epochs").is_dir():
+        run_.log_artifact(reports / "epochs", "report/epochs")
+    log.info(f"report: {reports / 'summary.md'} and {reports / 'summary.html'}")
     return {"report/sections": float(sum(1 for k, _ in blocks if k == "h2"))}
+
+
+def agreement_blocks(cfg: DictConfig, reports: Path) -> list[Block]:
+    note = other_data(cfg, reports / "judge" / "agreement.json", "the judge–human agreement")
+    return [("p", note)] if note else agreement_section(reports)
 
 
 def judge_section(cfg: DictConfig, reports: Path) -> list[Block]:
@@ -173,6 +222,9 @@ def judge_section(cfg: DictConfig, reports: Path) -> list[Block]:
     from emplifai.report import epochs
 
     judge, folder = str(cfg.judge.name), reports / "judge" / str(cfg.judge.name)
+    note = other_data(cfg, folder / "metrics.json", f"judge {judge}'s results")
+    if note:
+        return [("p", note)]
     scores = epochs.read_scores(resolve(cfg.paths.artifacts), judge)
     if scores is None:
         return [("p", "No judge results.")]

@@ -5,6 +5,9 @@ from pathlib import Path
 
 from emplifai.sample import write_sample
 
+if {"-h", "--help"} & set(sys.argv[1:]):
+    print(__doc__)
+    sys.exit(0)
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 target = Path(args[0] if args else "data")
 copied = write_sample(target, force="--force" in sys.argv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,12 @@ def read_split(prepare_dir: Path, split: str, max_examples: int | None = None, s
 
 class LengthBucketSampler(Sampler[list[int]]):
     """Batches of similar length: shuffle, cut into pools of `pool_batches` batches, sort each pool by length,
-    batch it, shuffle the batches. Seeded per epoch (`set_epoch`); rank r of n takes every n-th batch."""
+    batch it, shuffle the batches. Seeded per epoch (`set_epoch`; Lightning calls it on samplers, not on a
+    batch sampler like this one, so under the Trainer every epoch has epoch 0's order).
+
+    Rank r of n takes every n-th batch, the list padded with its first batches to a multiple of n (all ranks
+    step together, as DistributedSampler pads); for evaluation (shuffle=False) it takes every n-th example by
+    length instead, so each example counts once. `resume_at` skips the batches already trained on, once."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
                  pool_batches: int = 16, num_replicas: int = 1, rank: int = 0) -> None:
@@ -47,11 +52,19 @@ class LengthBucketSampler(Sampler[list[int]]):
             raise SFTDataError(f"train.batch_size must be >= 1, got {batch_size}")
         self.lengths, self.batch_size, self.shuffle, self.seed = list(lengths), batch_size, shuffle, seed
         self.pool, self.num_replicas, self.rank, self.epoch = pool_batches * batch_size, num_replicas, rank, 0
+        self.skip: tuple[int, int] | None = None  # (epoch, batches to skip)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume_at(self, epoch: int, done: int) -> None:
+        """The next iteration of `epoch` starts after its first `done` batches (a run resumed mid-epoch)."""
+        self.skip = (int(epoch), int(done))
+
     def _batches(self) -> list[list[int]]:
+        if not self.shuffle and self.num_replicas > 1:
+            mine = sorted(range(len(self.lengths)), key=lambda i: self.lengths[i])[self.rank:: self.num_replicas]
+            return [mine[j: j + self.batch_size] for j in range(0, len(mine), self.batch_size)]
         idx = list(range(len(self.lengths)))
         rng = random.Random(self.seed + self.epoch)
         if self.shuffle:
@@ -64,13 +77,38 @@ class LengthBucketSampler(Sampler[list[int]]):
             rng.shuffle(batches)
         else:
             batches.sort(key=lambda b: self.lengths[b[0]])
+        pad = -len(batches) % self.num_replicas
+        if pad and batches:
+            batches += (batches * -(-pad // len(batches)))[:pad]
         return batches[self.rank:: self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        batches = self._batches()  # at the first next(): after the loop has set the epoch
+        if self.skip is not None:
+            (epoch, done), self.skip = self.skip, None
+            if epoch == self.epoch:
+                batches = batches[done:]
+        yield from batches
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+class ResumableLoader(DataLoader):
+    """The train loader, with the `state_dict` / `load_state_dict` pair Lightning saves in a checkpoint and
+    restores on resume: a run killed mid-epoch continues with the next batch of that epoch, not from its
+    start. The state is the trainer's count of batches done (not what the sampler has handed out: workers
+    prefetch ahead); `progress` reads it."""
+
+    def __init__(self, *args: Any, progress: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batch_sampler.epoch, "batches_done": int(self.progress())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.resume_at(state["epoch"], state["batches_done"])
 
 
 def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
@@ -105,20 +143,40 @@ class SFTDataModule(pl.LightningDataModule):
         if not self.train:
             raise SFTDataError(f"{self.prepare_dir / 'train.parquet'} has no rows to train on")
 
+    def world(self) -> tuple[int, int]:
+        """(processes, this one's rank) of the fit; (1, 0) outside one."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _sampler(self, data: list[Encoded], shuffle: bool, world: int = 1, rank: int = 0) -> LengthBucketSampler:
+        return LengthBucketSampler([len(e.input_ids) for e in data], int(self.cfg.batch_size), shuffle, self.seed,
+                                   int(self.cfg.get("bucket_pool_batches", 16)), world, rank)
+
     def _loader(self, data: list[Encoded], shuffle: bool) -> DataLoader:
-        world, rank = 1, 0
-        if self.trainer is not None:
-            world, rank = self.trainer.world_size, self.trainer.global_rank
-        sampler = LengthBucketSampler([len(e.input_ids) for e in data], int(self.cfg.batch_size), shuffle,
-                                      self.seed, int(self.cfg.get("bucket_pool_batches", 16)), world, rank)
-        pad = self.builder.tokenizer.pad_token_id
-        return DataLoader(data, batch_sampler=sampler, collate_fn=functools.partial(collate, pad_id=pad),
-                          num_workers=int(self.cfg.get("num_workers", 0)))
+        sampler = self._sampler(data, shuffle, *self.world())
+        kwargs = {"batch_sampler": sampler, "num_workers": int(self.cfg.get("num_workers", 0)),
+                  "collate_fn": functools.partial(collate, pad_id=self.builder.tokenizer.pad_token_id)}
+        if not shuffle:
+            return DataLoader(data, **kwargs)
+        return ResumableLoader(data, progress=self._batches_done, **kwargs)
+
+    def _batches_done(self) -> int:
+        """Batches of this epoch trained on (at a checkpoint saved after a batch, that batch included)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
+
+    def n_train_batches(self, world: int = 1) -> int:
+        """Training batches per epoch of each of `world` processes."""
+        return len(self._sampler(self.train, True, world, 0))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
+        world, _ = self.world()
+        if self.val and len(self.val) < world:
+            raise SFTDataError(f"{len(self.val)} validation examples for {world} processes: each process validates "
+                               "a share, so raise train.val_sample_n to at least the number of processes")
         return self._loader(self.val, shuffle=False) if self.val else []
 
     @property

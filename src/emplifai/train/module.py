@@ -161,6 +161,7 @@ class SFTModule(pl.LightningModule):
         self.peak_flops: float | None = None
         self.train_flops, self.real_tokens, self.batch_cells = 0.0, 0, 0
         self._t0, self._n, self._val = 0.0, 0, [0.0, 0]
+        self._rng: dict[str, Any] | None = None  # a checkpoint's random state, put back at the next batch
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, self._n = target_loss(self.model, batch)
@@ -169,6 +170,9 @@ class SFTModule(pl.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng is not None:  # resumed: the random state (LoRA dropout) the uninterrupted run has here
+            set_rng_state(self._rng, epoch_start=batch_idx == 0)
+            self._rng = None
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -193,15 +197,19 @@ class SFTModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         total, n = self._val
         self._val = [0.0, 0]
+        if self.trainer.world_size > 1:  # each process saw a share: the loss over all of them, on every rank
+            both = self.trainer.strategy.reduce(torch.tensor([total, n], dtype=torch.float64, device=self.device),
+                                                reduce_op="sum")
+            total, n = float(both[0]), int(both[1])
         if n and not self.trainer.sanity_checking:
             val = total / n
-            self.log("val/loss", val, prog_bar=True)
+            self.log("val/loss", val, prog_bar=True, sync_dist=True)  # equal on every rank: a no-op mean
             self.history["val/loss"].append((self.global_step, val))
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=float(self.cfg["lr"]), weight_decay=float(self.cfg["weight_decay"]))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self.stepping_batches()
         warmup = int(round(float(self.cfg["warmup_ratio"]) * total))
         schedule = str(self.cfg["schedule"])
         lr_factor(0, total, warmup, schedule)  # fail on a bad schedule name now, not at step 1
@@ -212,10 +220,48 @@ class SFTModule(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def stepping_batches(self) -> int:
+        """Optimizer steps of the fit (the schedule's length), counted as Lightning's estimated_stepping_batches
+        counts them but from the datamodule: asking the Trainer builds the train loader before a checkpoint is
+        restored, and Lightning then skips restoring the loader's place in its epoch (a mid-epoch resume would
+        replay the epoch's first batches)."""
+        t = self.trainer
+        batches = getattr(t.datamodule, "n_train_batches", None)
+        if batches is None:
+            return max(1, int(t.estimated_stepping_batches))
+        steps = math.ceil(batches(t.world_size) / t.accumulate_grad_batches) * max(int(t.max_epochs), 1)
+        return max(1, min(steps, t.max_steps) if t.max_steps != -1 else steps)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["emplifai_history"] = self.history
+        checkpoint["emplifai_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = checkpoint.get("emplifai_history", self.history)
+        self._rng = checkpoint.get("emplifai_rng")
+
+
+def rng_state() -> dict[str, Any]:
+    """The random generators a training step draws from: torch's (LoRA dropout; CUDA's on a GPU) and Python's.
+    Plain tensors and tuples, so Lightning's weights-only checkpoint loading reads them."""
+    import random
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], epoch_start: bool = False) -> None:
+    """Put back a checkpoint's random state. A checkpoint saved at an epoch's end predates the next epoch's
+    DataLoader iterator, which draws its base seed from the torch generator: `epoch_start` makes that draw."""
+    import random
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if epoch_start:
+        torch.empty((), dtype=torch.int64).random_()

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from emplifai.core import tracking
 from emplifai.core.errors import UserError
 
-NO_SLUG = {"threads", "device", "preflight", "experiment", "train.resume", "train.num_workers"}  # not what is learned
+NO_SLUG = {"threads", "device", "preflight", "experiment", "train.resume", "train.num_workers",
+           "train.checkpoint_every_n_steps"}  # not what is learned
 
 
 def run_slug(cfg: DictConfig, overrides: list[str] | None = None) -> str:

@@ -1,0 +1,1 @@
+"""Tool `annotate`: rating tasks for human raters (Label Studio import); see __main__.py."""

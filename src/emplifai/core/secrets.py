@@ -1,0 +1,49 @@
+"""Masking secrets in text we keep (errors, MLflow params/tags, logs, cache namespaces): one place, used by the
+LLM client and the tracking spine alike, so core never reaches up into llm/."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+Secrets = str | Sequence[str] | None  # the key, or every secret a call holds (key, a URL's password)
+
+
+# credentials that may sit in an echoed header or URL: `Bearer <token>`, `user:pass@host`, `?api_key=...`
+CREDENTIALS = re.compile(r"(?i)(bearer\s+)[^\s\"',;<]+|(//)[^/\s:@]+:[^/\s@]+@"
+                         r"|([?&](?:api_?key|key|token|access_token)=)[^&\s\"']+")
+FRAGMENT = 8  # a run of this many characters of a known secret is masked too (a server that clips its echo)
+
+
+def redact(text: str, secret: Secrets) -> str:
+    """`text` with each known secret, any FRAGMENT characters of one, and anything credential-shaped replaced
+    by ***."""
+    for one in [secret] if isinstance(secret, str) else list(secret or ()):
+        if one:
+            text = _mask_fragments(text.replace(one, "***"), one)
+    return CREDENTIALS.sub(lambda m: f"{m.group(1) or m.group(2) or m.group(3)}***" + ("@" if m.group(2) else ""),
+                           text)
+
+
+def _mask_fragments(text: str, secret: str) -> str:
+    """Every run of `text` made of FRAGMENT-long pieces of `secret` → ***: what is left of a key a server
+    clipped mid-echo (`sk-Zq8VtN3r…`), which the whole-key replace cannot see."""
+    if len(secret) < FRAGMENT or len(text) < FRAGMENT:
+        return text
+    pieces = {secret[i: i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1)}
+    hit = [False] * len(text)
+    for i in range(len(text) - FRAGMENT + 1):
+        if text[i: i + FRAGMENT] in pieces:
+            hit[i: i + FRAGMENT] = [True] * FRAGMENT
+    if not any(hit):
+        return text
+    out, i = [], 0
+    while i < len(text):
+        if hit[i]:
+            while i < len(text) and hit[i]:
+                i += 1
+            out.append("***")
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
