@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 all: repro  ## set everything up and run the whole pipeline on the shipped sample
 	@echo
 	@echo "Done. Reports: reports/ (summary: reports/summary.md); DVC metrics: \`dvc metrics show\`."
-	@echo "MLflow UI: \`make ui\`, then open http://127.0.0.1:5000"
+	@echo "MLflow UI: \`make ui\` (it prints the link that opens on the runs)"
 
 setup: $(STAMP)  ## venv + CPU torch + the project, pinned by constraints.txt
 
