@@ -114,9 +114,10 @@ def test_no_api_key_or_authorization_text_gets_in(judged, monkeypatch):
     leaky["raw"] = [f"error 401 echo: Authorization: Bearer {key} " + "x" * 500, f'{{"api_key": "{plain}"}}'] * 7
     leaky["detail"] = f"error: HTTP 401 (Authorization: Basic dXNlcjpwYXNz; key {plain})"
     leaky["parse_ok"] = False
-    from emplifai.judge.responses import secrets_in_env
+    from emplifai.core.secrets import env_secrets
+    from emplifai.judge.responses import ENV_SECRET_CHARS
 
-    out = response_table(leaky, items, read_ratings(RATINGS), secrets_in_env(["EMPLIFAI_JUDGE_API_KEY"]))
+    out = response_table(leaky, items, read_ratings(RATINGS), env_secrets(["EMPLIFAI_JUDGE_API_KEY"], ENV_SECRET_CHARS))
     text = out.to_json(orient="split", force_ascii=False)
     assert key not in text and plain not in text and "Bearer" not in text and "dXNlcjpwYXNz" not in text
     assert REDACTED in out["judge_reply"].iloc[0] and out["judge_reply"].str.len().max() <= REPLY_CHARS

@@ -27,7 +27,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from emplifai.core.paths import project_root, resolve
-from emplifai.core.secrets import redact
+from emplifai.core.secrets import env_secrets, redact
 
 LOCK_FILE = ".mlflow.lock"
 DIGEST_CHARS = 36  # MLflow's limit on a dataset digest: a DVC md5 (32, or 36 with ".dir") fits as it is
@@ -35,7 +35,6 @@ CONTENT = "content-"  # prefix of a data version that is no DVC-recorded md5
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 SECRET_KEY = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
 SECRET_TEXT = re.compile(r"(?i)(bearer\s+|sk-)[A-Za-z0-9._~+/=-]{6,}")
-SECRET_ENV = re.compile(r"(?i)(api_?key|token|secret|password)")
 USERINFO = re.compile(r"(?<=://)[^/\s@]+@")  # a URL's user (a token alone, as git remotes carry it)
 
 
@@ -43,9 +42,8 @@ USERINFO = re.compile(r"(?<=://)[^/\s@]+@")  # a URL's user (a token alone, as g
 
 def scrub(text: str) -> str:
     """`text` without the values of secret-looking environment variables or bearer / sk- keys."""
-    for name, value in os.environ.items():
-        if len(value) >= 8 and SECRET_ENV.search(name):
-            text = text.replace(value, "***")
+    for value in env_secrets():
+        text = text.replace(value, "***")
     return SECRET_TEXT.sub(lambda m: m.group(1) + "***", text)
 
 

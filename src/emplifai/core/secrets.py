@@ -3,10 +3,21 @@ LLM client and the tracking spine alike, so core never reaches up into llm/."""
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 Secrets = str | Sequence[str] | None  # the key, or every secret a call holds (key, a URL's password)
+
+
+SECRET_ENV = re.compile(r"(?i)(api_?key|token|secret|password)")  # an environment variable that holds a secret
+
+
+def env_secrets(extra_names: Iterable[str | None] = (), min_chars: int = 8) -> list[str]:
+    """Values (at least `min_chars` long) of secret-looking environment variables and of the named ones (e.g.
+    `judge.api_key_env`), longest first so a key is masked whole before any shorter secret inside it."""
+    names = {n for n in os.environ if SECRET_ENV.search(n)} | {n for n in extra_names if n}
+    return sorted({os.environ[n] for n in names if len(os.environ.get(n) or "") >= min_chars}, key=len, reverse=True)
 
 
 # credentials that may sit in an echoed header or URL: `Bearer <token>`, `user:pass@host`, `?api_key=...`

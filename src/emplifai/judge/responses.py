@@ -11,7 +11,6 @@ first, so no API key or Authorization header can reach the tracking server.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from emplifai.core.paths import read_artifact
+from emplifai.core.secrets import env_secrets
 from emplifai.core.tracking import StageRun
 from emplifai.judge.rubric import JudgeItem
 
@@ -37,13 +37,7 @@ SECRET_TEXT = re.compile(
     r"|\bsk-[A-Za-z0-9_-]{8,}"
     r"|\b(?:x-)?(?:api[_-]?key|(?:access[_-]?|auth[_-]?|refresh[_-]?)?token|secret|password)\b[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+",
     re.IGNORECASE)
-SECRET_ENV = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
-
-
-def secrets_in_env(extra_env: Iterable[str | None] = ()) -> list[str]:
-    """Values of secret-looking environment variables (and the named ones, e.g. `judge.api_key_env`)."""
-    names = {n for n in os.environ if SECRET_ENV.search(n)} | {n for n in extra_env if n}
-    return sorted({os.environ[n] for n in names if len(os.environ.get(n) or "") >= 6}, key=len, reverse=True)
+ENV_SECRET_CHARS = 6  # shorter env values are too likely to occur in ordinary text to be masked
 
 
 def scrub(text: object, secrets: Iterable[str] = (), limit: int | None = None) -> object:
@@ -114,7 +108,7 @@ def log_response_table(run: StageRun, scores: pd.DataFrame, items: Iterable[Judg
                        judge_cfg: Mapping, page_rows: int = PAGE_ROWS, page_bytes: int = PAGE_BYTES) -> int:
     """Build the table and log its pages to `run` (a tracking StageRun) under judge/<judge>/responses/;
     returns the number of pages."""
-    secrets = secrets_in_env([judge_cfg.get("api_key_env")])
+    secrets = env_secrets([judge_cfg.get("api_key_env")], ENV_SECRET_CHARS)
     table = response_table(scores, items, read_ratings(ratings_file), secrets)
     folder = f"judge/{judge_cfg['name']}/responses"
     pages = paginate(table, page_rows, page_bytes)
