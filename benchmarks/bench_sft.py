@@ -296,6 +296,7 @@ def main() -> int:
     report(res, goals, a)
     met, missed = judge(goals)
     figures = {c: {n: v for n, v in r.items() if isinstance(v, int | float | str)} for c, r in res.items()}
+    figures = {c: row for c, row in figures.items() if row}  # e.g. no ratios when a single case ran
     benchkit.write_json(a.json, {**figures, "goals_met": met} if met else figures)
     if missed:
         print("missed: " + "; ".join(missed))

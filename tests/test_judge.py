@@ -137,6 +137,13 @@ def test_hf_local_real_model_shared_prefix_equals_independent_and_caches(jcfg, t
     ind = pd.read_parquet(tmp_path / "artifacts" / "judge" / "independent" / "scores.parquet")
     assert (ind["score"] - scores["score"]).abs().max() < 1e-4
     assert (ind["score_argmax"] == scores["score_argmax"]).all()
+    assert metrics["judge/truncated_prompts"] == 0 and metrics["judge/longest_prompt_tokens"] > 100
+    assert math.isnan(again["judge/truncated_prompts"])  # every grade cached: no prompt was read, nothing known
+    # model.max_length below the longest prompt: the context is cut (counted), and the cut prompts are another
+    # cache namespace (the model read other tokens)
+    short = metrics["judge/longest_prompt_tokens"] - 5
+    cut = judge.run(jcfg(*base, "model=smollm2-135m", f"model.max_length={short}", "judge.name=cut"))
+    assert cut["judge/truncated_prompts"] >= 1 and cut["judge/model_calls"] == 6
     for name in ("summary.csv", "length_bias.csv", "scores_heatmap.png", "length_bias.png", "metrics.json"):
         assert (tmp_path / "reports" / "judge" / "hf_local" / name).stat().st_size > 0
 

@@ -119,7 +119,8 @@ def test_no_api_key_or_authorization_text_gets_in(judged, monkeypatch):
 
     out = response_table(leaky, items, read_ratings(RATINGS), env_secrets(["EMPLIFAI_JUDGE_API_KEY"], ENV_SECRET_CHARS))
     text = out.to_json(orient="split", force_ascii=False)
-    assert key not in text and plain not in text and "Bearer" not in text and "dXNlcjpwYXNz" not in text
+    assert key not in text and plain not in text and "dXNlcjpwYXNz" not in text and "hE4dFg6J" not in text
+    assert "Authorization: Bearer [redacted]" in out["judge_reply"].iloc[0]  # what was there stays readable
     assert REDACTED in out["judge_reply"].iloc[0] and out["judge_reply"].str.len().max() <= REPLY_CHARS
 
 

@@ -272,6 +272,28 @@ def test_credentials_in_urls_and_headers_are_redacted() -> None:
     assert "llm.example/v1" in out and "x=1" in out
 
 
+@pytest.mark.parametrize("text, secret", [
+    ("authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA"),
+    ('{"Authorization": "Bearer tok-abcdef"}', "tok-abcdef"),
+    ("key sk-proj-A1b2C3d4E5 leaked", "A1b2C3d4E5"),
+    ("https://bob:hunter22@host/v1", "hunter22"),
+    ("https://host/v1?token=zzz999&a=1", "zzz999"),
+    ("password: s3cr3t!x", "s3cr3t!x"),
+    ('{"api_key": "k-123456"}', "k-123456"),
+    ("x-api-key=abc-def-ghi", "abc-def-ghi"),
+])
+def test_one_credential_list_masks_every_place_that_keeps_text(text, secret) -> None:
+    """The client's errors, MLflow params/tags and the judge's response table mask the same shapes
+    (core.secrets.CREDENTIALS, the one list), each with its own marker."""
+    from emplifai.core.provenance import mask
+    from emplifai.judge.responses import scrub
+
+    for out in (redact(text, None), mask(text), scrub(text)):
+        assert secret not in out and ("***" in out or "[redacted]" in out), out
+    assert mask("max_tokens=64 tokenizer=fast judge.api_key_env=OPENAI_API_KEY") == \
+        "max_tokens=64 tokenizer=fast judge.api_key_env=OPENAI_API_KEY"  # names of settings stay readable
+
+
 def test_missing_api_key_env_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EMPLIFAI_TEST_MISSING_KEY", raising=False)
     with LLMTestServer() as srv:

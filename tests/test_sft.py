@@ -225,6 +225,24 @@ def test_adapter_save_reload_gives_the_same_logits(smol_model, rows, tmp_path):
         load_adapter(load_causal_lm(cfg.model)[0], tmp_path / "adapter", "gemma3-270m")
 
 
+def test_lora_dropout_is_inverted_dropout_from_torchs_generator(smol_model):
+    from emplifai.train.adapter import BitsDropout
+
+    peft = attach_lora(smol_model, compose_cfg(SMOL).train.lora)
+    drops = [d for m in peft.modules() for d in getattr(m, "lora_dropout", {}).values()]
+    assert drops and all(type(d) is BitsDropout and d.p == 0.05 for d in drops)
+    d = BitsDropout(0.1).train()
+    x = torch.ones(400, 1000)
+    torch.manual_seed(0)
+    y = d(x)
+    assert abs(float((y == 0).float().mean()) - 0.1) < 0.003  # 400k draws: sd 0.0005
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 32768 / (32768 - 3277)))
+    assert abs(float(y.mean()) - 1.0) < 0.01  # inverted dropout: the expectation is kept
+    torch.manual_seed(0)
+    assert torch.equal(d(x), y) and not torch.equal(d(x), y)  # the generator's state decides the mask
+    assert torch.equal(d.eval()(x), x) and torch.equal(BitsDropout(0.0).train()(x), x)
+
+
 def test_greedy_generation_is_deterministic(smol_model, rows):
     b = builder_for(*SMOL)
     gen_cfg = {**compose_cfg(SMOL).generate, "max_new_tokens": 5, "batch_size": 2}

@@ -34,24 +34,20 @@ DIGEST_CHARS = 36  # MLflow's limit on a dataset digest: a DVC md5 (32, or 36 wi
 CONTENT = "content-"  # prefix of a data version that is no DVC-recorded md5
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 SECRET_KEY = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
-SECRET_TEXT = re.compile(r"(?i)(bearer\s+|sk-)[A-Za-z0-9._~+/=-]{6,}")
 USERINFO = re.compile(r"(?<=://)[^/\s@]+@")  # a URL's user (a token alone, as git remotes carry it)
 
 
 # ---- text a run records: never a credential ------------------------------------------------------------------
 
-def scrub(text: str) -> str:
-    """`text` without the values of secret-looking environment variables or bearer / sk- keys."""
-    for value in env_secrets():
-        text = text.replace(value, "***")
-    return SECRET_TEXT.sub(lambda m: m.group(1) + "***", text)
-
-
 def mask(text: Any) -> str:
-    """What tracking writes (params, tags, run names): `scrub` plus llm.protocol's `redact` (Bearer tokens,
-    `user:pass@` in URLs, `?api_key=` query parameters) and a URL's bare `token@`, so a key inside a
-    `base_url` never reaches MLflow."""
-    return USERINFO.sub("***@", redact(scrub(str(text)), None))
+    """What tracking writes (params, tags, run names): without the values of secret-looking environment
+    variables, credential-shaped text (`core.secrets.redact`: Bearer tokens, `sk-` keys, `user:pass@` in
+    URLs, `?api_key=`, `password: …`) and a URL's bare `token@`, so a key inside a `base_url` never reaches
+    MLflow."""
+    text = str(text)
+    for value in env_secrets():  # whole values only: a fragment of a long path-like value is no key
+        text = text.replace(value, "***")
+    return USERINFO.sub("***@", redact(text, None))
 
 
 def mask_overrides(overrides: Sequence[str]) -> list[str]:

@@ -20,24 +20,30 @@ def env_secrets(extra_names: Iterable[str | None] = (), min_chars: int = 8) -> l
     return sorted({os.environ[n] for n in names if len(os.environ.get(n) or "") >= min_chars}, key=len, reverse=True)
 
 
-# credentials that may sit in an echoed header or URL: `Bearer <token>`, `user:pass@host`, `?api_key=...`
-CREDENTIALS = re.compile(r"(?i)(bearer\s+)[^\s\"',;<]+|(//)[^/\s:@]+:[^/\s@]+@"
-                         r"|([?&](?:api_?key|key|token|access_token)=)[^&\s\"']+")
+# credential-shaped text, the one list: an Authorization header, `Bearer <token>`, `user:pass@host`,
+# `?api_key=...`, OpenAI-style `sk-...` keys, `password: ...` / `token=...`; group 1..6 is the part kept
+CREDENTIALS = re.compile(
+    r"(?i)(\b(?:proxy-)?authorization\b[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token)\s+)?)[^\s\"',;}<]+"
+    r"|(\bbearer\s+)[^\s\"',;<]+"
+    r"|(//)[^/\s:@]+:[^/\s@]+(?=@)"
+    r"|([?&](?:api_?key|key|token|access_token)=)[^&\s\"']+"
+    r"|(\bsk-)[A-Za-z0-9_-]{6,}"
+    r"|(\b(?:x-)?(?:api[_-]?key|(?:access[_-]?|auth[_-]?|refresh[_-]?)?token|secret|password)\b[\"']?\s*[:=]\s*[\"']?)"
+    r"[^\s\"',}]+")
 FRAGMENT = 8  # a run of this many characters of a known secret is masked too (a server that clips its echo)
 
 
-def redact(text: str, secret: Secrets) -> str:
-    """`text` with each known secret, any FRAGMENT characters of one, and anything credential-shaped replaced
-    by ***."""
+def redact(text: str, secret: Secrets, marker: str = "***") -> str:
+    """`text` with each known secret, any FRAGMENT characters of one, and anything credential-shaped (its
+    value; `Bearer `, `//`, `password: ` stay) replaced by `marker`."""
     for one in [secret] if isinstance(secret, str) else list(secret or ()):
         if one:
-            text = _mask_fragments(text.replace(one, "***"), one)
-    return CREDENTIALS.sub(lambda m: f"{m.group(1) or m.group(2) or m.group(3)}***" + ("@" if m.group(2) else ""),
-                           text)
+            text = _mask_fragments(text.replace(one, marker), one, marker)
+    return CREDENTIALS.sub(lambda m: next(g for g in m.groups() if g is not None) + marker, text)
 
 
-def _mask_fragments(text: str, secret: str) -> str:
-    """Every run of `text` made of FRAGMENT-long pieces of `secret` → ***: what is left of a key a server
+def _mask_fragments(text: str, secret: str, marker: str = "***") -> str:
+    """Every run of `text` made of FRAGMENT-long pieces of `secret` → `marker`: what is left of a key a server
     clipped mid-echo (`sk-Zq8VtN3r…`), which the whole-key replace cannot see."""
     if len(secret) < FRAGMENT or len(text) < FRAGMENT:
         return text
@@ -53,7 +59,7 @@ def _mask_fragments(text: str, secret: str) -> str:
         if hit[i]:
             while i < len(text) and hit[i]:
                 i += 1
-            out.append("***")
+            out.append(marker)
         else:
             out.append(text[i])
             i += 1

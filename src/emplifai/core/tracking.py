@@ -40,7 +40,6 @@ from emplifai.core.provenance import (  # noqa: F401 - also tracking's API
     mask_overrides,
     run_name,
     same_data,
-    scrub,
     source_tags,
     sweep_lock,
     sweep_summary,

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from emplifai.emotion.predictors import Context, Prediction, answer_cleaner, interpret
 from emplifai.emotion.prompt import EmotionPrompt
 from emplifai.lm import load_causal_lm
+from emplifai.lm.budget import PromptBudget
 from emplifai.lm.chat import ChatFormat
 from emplifai.lm.prefix import PrefixKV, branch_forward, branch_supported, extend, head_logits, padded_batch
 
@@ -53,8 +54,9 @@ class Ranker:
     """
 
     def __init__(self, model: Any, tok: Any, prefix: str, candidates: list[str], norm: str = "mean",
-                 shared_cache: bool = True, add_special_tokens: bool = True) -> None:
-        self.model, self.tok, self.norm, self.shared = model, tok, norm, shared_cache
+                 shared_cache: bool = True, add_special_tokens: bool = True, budget: PromptBudget | None = None
+                 ) -> None:
+        self.model, self.tok, self.norm, self.shared, self.budget = model, tok, norm, shared_cache, budget
         self.device = next(model.parameters()).device
         self.prefix = prefix  # plain models: BOS added here; chat templates spell their own
         self.prefix_ids = tok(prefix, add_special_tokens=add_special_tokens).input_ids
@@ -62,10 +64,12 @@ class Ranker:
         if not all(self.cands):
             raise ValueError("a candidate is empty after tokenization")
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self._lens = np.array([len(c) for c in self.cands])
+        if budget is not None:  # before encoding a prefix that could not fit anyway
+            budget.check(len(self.prefix_ids) + int(self._lens.max()), "emotion prompt")
         self.prefix_kv = PrefixKV.encode(model, self.prefix_ids) if shared_cache else None
         # scores_batch, per prompt: head rows = [end of the rest] + every candidate token but the last;
         # token log-probs in candidate order = (head row, token) pairs
-        self._lens = np.array([len(c) for c in self.cands])
         self._rows_per_prompt = 1 + int((self._lens - 1).sum())
         rows, toks, k = [], [], 1
         for c in self.cands:
@@ -83,7 +87,9 @@ class Ranker:
         rest = self.tok(prompt[len(self.prefix):], add_special_tokens=False).input_ids
         if not rest:
             raise ValueError("prompt has nothing after the shared prefix")
-        return rest
+        if self.budget is None:
+            return rest
+        return self.budget.fit(rest, len(self.prefix_ids) + int(self._lens.max()), what="emotion prompt")
 
     def _reduce(self, token_lp: list[torch.Tensor]) -> np.ndarray:
         return np.asarray([(t.mean() if self.norm == "mean" else t.sum()).item() for t in token_lp])
@@ -173,8 +179,9 @@ def hf_rank(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
 
         raise UserError(f"predictor.score must be mean or sum (got {norm!r}) and predictor.batch_size an "
                         f"integer >= 1 (got {batch_size!r})")
+    budget = PromptBudget.of(ctx.cfg.model, model)
     ranker = Ranker(model, tok, prefix, [n + suffix for n in ctx.taxonomy.ja_names], norm,
-                    add_special_tokens=fmt.add_special_tokens)
+                    add_special_tokens=fmt.add_special_tokens, budget=budget)
     texts = [fmt.render(build.system, build(row)) for _, row in test.iterrows()]
     # Contextual calibration (Zhao et al. 2021, "Calibrate Before Use"): a small LM favours some names
     # (e.g. the last few-shot answer) whatever the dialogue; subtracting the scores it gives a
@@ -184,6 +191,8 @@ def hf_rank(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
         blank = {"situation": "N/A", "patient": "N/A", "supporter": "N/A"}
         texts.insert(0, fmt.render(build.system, build(blank)))
     scored = ranker.scores_batch(texts, batch_size, progress=True)
+    ctx.metrics |= budget.metrics("emotion")
+    budget.warn("emotion")
     prior = scored.pop(0) if calibrate else 0.0
     out = []
     for raw in scored:
@@ -196,14 +205,17 @@ def hf_rank(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
 
 @torch.no_grad()
 def greedy_continuations(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
-                         add_special_tokens: bool = True) -> list[str]:
-    """Greedy continuations (new tokens only, special tokens dropped), batched with left padding."""
+                         add_special_tokens: bool = True, budget: PromptBudget | None = None) -> list[str]:
+    """Greedy continuations (new tokens only, special tokens dropped), batched with left padding; with a
+    `budget`, each prompt cut to leave room for the new tokens (its first token, the BOS, kept)."""
     device = next(model.parameters()).device
     tok.padding_side = "left"
+    ids = [tok(p, add_special_tokens=add_special_tokens).input_ids for p in prompts]
+    if budget is not None:
+        ids = [budget.fit(i, max_new_tokens, keep_first=1, what="emotion prompt") for i in ids]
     texts: list[str] = []
-    for i in tqdm(range(0, len(prompts), batch_size), desc="hf_generate", leave=False):
-        enc = tok(prompts[i: i + batch_size], return_tensors="pt", padding=True,
-                  add_special_tokens=add_special_tokens).to(device)
+    for i in tqdm(range(0, len(ids), batch_size), desc="hf_generate", leave=False):
+        enc = tok.pad({"input_ids": ids[i: i + batch_size]}, padding=True, return_tensors="pt").to(device)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id)
         texts += tok.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
@@ -215,7 +227,10 @@ def hf_generate(ctx: Context, test: pd.DataFrame) -> list[Prediction]:
     model, tok = load_model(ctx)
     build, fmt, _ = prompts(ctx, tok)
     texts = [fmt.render(build.system, build(r)) for _, r in test.iterrows()]
+    budget = PromptBudget.of(ctx.cfg.model, model)
     raws = greedy_continuations(model, tok, texts, int(ctx.pcfg.max_new_tokens), int(ctx.pcfg.get("batch_size", 4)),
-                                fmt.add_special_tokens)
+                                fmt.add_special_tokens, budget)
+    ctx.metrics |= budget.metrics("emotion")
+    budget.warn("emotion")
     clean = answer_cleaner(ctx.pcfg)
     return interpret([clean(r) for r in raws], ctx)

@@ -32,6 +32,7 @@ from emplifai.core.paths import atomic_path, resolve
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.generate.generation import distinct_n, generate
 from emplifai.lm import load_causal_lm, setup_torch
+from emplifai.lm.budget import PromptBudget
 from emplifai.metrics.bertscore import BertScorer
 from emplifai.train.adapter import adapter_meta, load_adapter
 from emplifai.train.datamodule import read_split
@@ -98,6 +99,7 @@ def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
     builder = SFTPrompt.from_config(cfg.sft_prompt, str(cfg.model.chat_format), tok,
                                         Taxonomy.from_config(cfg.taxonomy))
     rows = data.to_dict("records")
+    budget = PromptBudget.of(cfg.model, model)  # the same rows for every system: a cut prompt counts once
     frames, prompt_mismatch = [], {}
     systems: list[tuple[str, Path | None]] = [("base", None)] if g.include_base else []
     systems += [(a.name, a) for a in adapters]
@@ -106,7 +108,7 @@ def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
         current = model if path is None else load_adapter(model, path, str(cfg.model.name))
         if path is not None and adapter_meta(path).get("prompt") not in (None, cfg.sft_prompt.name):
             prompt_mismatch[name] = adapter_meta(path)["prompt"]
-        out = generate(current, builder, rows, g, int(cfg.seed), desc=name)
+        out = generate(current, builder, rows, g, int(cfg.seed), desc=name, budget=budget)
         frame = pd.DataFrame(out).assign(dialogue_id=data["dialogue_id"].to_numpy(), system=name)
         frame["response_id"] = name + ":" + frame["dialogue_id"]
         frames.append(frame[COLUMNS])
@@ -122,6 +124,8 @@ def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
     names = tracking.metric_names(per_system)  # unique per system, 日本語 names kept
     metrics = {f"generate/{names[s]}/{k}": v for s, m in per_system.items() for k, v in m.items()}
     metrics["generate/responses"] = len(responses)
+    metrics |= budget.metrics("generate")
+    budget.warn("generate")
     reasons = {k: "no word n-grams in the responses" for k in metrics if "distinct" in k}
     tags = {"model": cfg.model.name, "prompt": cfg.sft_prompt.name, "systems": " | ".join(per_system)}
     report = write_metrics(resolve(cfg.paths.reports) / "generate" / "metrics.json", metrics, reasons,

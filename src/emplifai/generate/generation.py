@@ -11,6 +11,7 @@ from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from emplifai.data.words import words
+from emplifai.lm.budget import PromptBudget
 from emplifai.train.examples import SFTPrompt
 
 
@@ -54,12 +55,16 @@ def clean(text: str, stop_at_newline: bool) -> str:
 
 @torch.no_grad()
 def generate(model: Any, builder: SFTPrompt, rows: Sequence[Mapping[str, Any]], gen_cfg: Mapping[str, Any],
-             seed: int, desc: str = "generate") -> list[dict[str, Any]]:
+             seed: int, desc: str = "generate", budget: PromptBudget | None = None) -> list[dict[str, Any]]:
     """One response per row, in row order: {response, n_tokens, seconds}. Batches of similar prompt length;
     seconds = the batch's wall time shared equally by its rows. The RNG is reseeded per call, so every
-    system decodes under the same seed."""
+    system decodes under the same seed. With a `budget` (model.max_length) a prompt is cut as in training,
+    from the left after its first token, to leave room for max_new_tokens."""
     tok = builder.tokenizer
     prompts = [builder.prompt_ids(r) for r in rows]
+    if budget is not None:
+        prompts = [budget.fit(p, int(gen_cfg["max_new_tokens"]), keep_first=1, what="generate prompt")
+                   for p in prompts]
     order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
     bs, kw = max(1, int(gen_cfg["batch_size"])), decode_kwargs(gen_cfg, tok)
     device = next(model.parameters()).device

@@ -166,6 +166,14 @@ def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
     metrics |= {"judge/responses": len(items), "judge/seconds": round(seconds, 2),
                 "judge/model_calls": stats.get("model_calls", stats.get("requests_sent", 0)),
                 "judge/cache_hits": stats.get("cache_hits", 0)}
+    if j.backend == "hf_local":  # model.max_length cuts (emplifai.lm.budget); known only when the model ran
+        if backend.budget is None:
+            cut = {"judge/truncated_prompts": math.nan, "judge/longest_prompt_tokens": math.nan}
+            metrics |= cut
+            reasons |= dict.fromkeys(cut, "every grade came from the cache: the model was not loaded")
+        else:
+            metrics |= backend.budget.metrics("judge")
+            backend.budget.warn("judge")
     tags = {"judge": str(j.name), "judge_backend": str(j.backend), "judge_model": str(j.model),
             "rubric": rubric.name, "prompt_hash": builder.fingerprint, "judge_notes": " | ".join(notes) or "(none)",
             "data_version": tracking.data_version(cfg.data.raw_dir)}  # agreement/report refuse another version

@@ -64,22 +64,27 @@ class HFLocalJudge:
         self.model_id = f"{model_cfg['name']}@{weights}"
         self.chat_format = str(model_cfg.get("chat_format", "plain"))
         self.namespace = namespace("judge/hf_local", weights, str(model_cfg["name"]), builder.fingerprint,
-                                   {"shared": shared, "chat_format": self.chat_format},
+                                   {"shared": shared, "chat_format": self.chat_format,
+                                    "max_length": model_cfg.get("max_length")},
                                    str(model_cfg.get("compute_dtype", "float32")), str(device))
         self.scorer = None
         self.fmt = None
+        self.budget = None  # model.max_length, once the model is loaded
         self.stats = {"model_calls": 0, "cache_hits": 0, "forwards": 0}
 
     def _load(self):
         if self.scorer is None:
             from emplifai.judge.scorer import DigitScorer
             from emplifai.lm import load_causal_lm
+            from emplifai.lm.budget import PromptBudget
             from emplifai.lm.chat import ChatFormat
 
             model, tok = load_causal_lm(self.model_cfg, self.device)
             self.fmt = ChatFormat.of(tok, self.chat_format)
             r = self.builder.rubric
-            self.scorer = DigitScorer(model, tok, r.lo, r.hi, self.device, self.fmt.add_special_tokens)
+            self.budget = PromptBudget.of(self.model_cfg, model)
+            self.scorer = DigitScorer(model, tok, r.lo, r.hi, self.device, self.fmt.add_special_tokens,
+                                      self.budget)
         return self.scorer
 
     def grade(self, items: list[JudgeItem]) -> list[Grade]:

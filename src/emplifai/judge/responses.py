@@ -11,14 +11,13 @@ first, so no API key or Authorization header can reach the tracking server.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from emplifai.core.paths import read_artifact
-from emplifai.core.secrets import env_secrets
+from emplifai.core.secrets import env_secrets, redact
 from emplifai.core.tracking import StageRun
 from emplifai.judge.rubric import JudgeItem
 
@@ -30,13 +29,6 @@ TABLE_COLUMNS = ["response_id", "dialogue_id", "system", "source", "criterion", 
                  "judge_std", "human_mean", "human_sd", "human_n", "parse_ok", "detail", "response", "judge_reply",
                  "judge"]
 REDACTED = "[redacted]"
-# header and key=value shapes of credentials, and the common key formats (OpenAI sk-…, bearer tokens)
-SECRET_TEXT = re.compile(
-    r"\b(?:proxy-)?authorization\b[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token)\s+)?[^\s\"',}]+"
-    r"|\bbearer\s+[A-Za-z0-9._~+/=-]{6,}"
-    r"|\bsk-[A-Za-z0-9_-]{8,}"
-    r"|\b(?:x-)?(?:api[_-]?key|(?:access[_-]?|auth[_-]?|refresh[_-]?)?token|secret|password)\b[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+",
-    re.IGNORECASE)
 ENV_SECRET_CHARS = 6  # shorter env values are too likely to occur in ordinary text to be masked
 
 
@@ -47,7 +39,7 @@ def scrub(text: object, secrets: Iterable[str] = (), limit: int | None = None) -
         return text
     for secret in secrets:
         text = text.replace(secret, REDACTED)
-    text = " ".join(SECRET_TEXT.sub(REDACTED, text).split())
+    text = " ".join(redact(text, None, REDACTED).split())
     return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 

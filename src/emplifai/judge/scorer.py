@@ -4,7 +4,8 @@ A prompt is `head` (instructions + rubric: the same for every response) + `body`
 response) + one of k criterion `suffixes` ending in the score cue ("点数:"). Instead of k full forwards we
 encode the head once per run (`emplifai.lm.prefix.PrefixKV`: kept, copied per response), the body once per
 response, and the k short suffixes as one right-padded batch on that cache repeated k times (`padded_batch`);
-the LM head runs only at each suffix's last token. The next-token distribution over the digits lo..hi gives
+the LM head runs only at each suffix's last token. Past `model.max_length` the body loses its start
+(`emplifai.lm.budget`). The next-token distribution over the digits lo..hi gives
 Σ s·p(s) (renormalized) and the argmax.
 """
 
@@ -18,6 +19,7 @@ import torch
 
 from emplifai.core.errors import UserError
 from emplifai.judge.parse import weighted_score
+from emplifai.lm.budget import PromptBudget
 from emplifai.lm.prefix import PrefixKV, extend, head_logits, padded_batch
 
 
@@ -49,8 +51,8 @@ class DigitScorer:
     """Scores prompts sharing one prefix; `shared=False` runs one full forward per suffix (the baseline)."""
 
     def __init__(self, model, tokenizer, lo: int = 1, hi: int = 5, device: str = "cpu",
-                 add_special_tokens: bool = True) -> None:
-        self.model, self.tok, self.device = model, tokenizer, device
+                 add_special_tokens: bool = True, budget: PromptBudget | None = None) -> None:
+        self.model, self.tok, self.device, self.budget = model, tokenizer, device, budget
         self.add_special_tokens = add_special_tokens  # BOS before the head: plain models; templates spell it
         self.digits = digit_token_ids(tokenizer, lo, hi)
         self._digit_index = torch.tensor(list(self.digits.values()))
@@ -86,6 +88,8 @@ class DigitScorer:
             return []
         if any(not s for s in sufs) or not body_ids:
             raise UserError("judge prompt: the context or a criterion question is empty after tokenization")
+        if self.budget is not None:  # model.max_length: the context loses its start, head and questions stay
+            body_ids = self.budget.fit(body_ids, len(head_ids) + max(map(len, sufs)), what="judge prompt")
         if not shared:
             rows = []
             for s in sufs:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from emplifai.core.errors import UserError
 from emplifai.core.paths import atomic_dir
 
@@ -18,8 +20,27 @@ class AdapterError(UserError):
     pass
 
 
+class BitsDropout(torch.nn.Dropout):
+    """LoRA's input dropout with the keep mask drawn from 15 random bits per element (four per `random_()`
+    int64), not torch's CPU Bernoulli sampler, which took ~10% of an SFT step on 2 cores (one mask per LoRA
+    module, drawn again in each checkpoint recompute): ~2.4x faster per mask. The same inverted dropout in
+    expectation (p rounded to 1/32768, kept values scaled by 1/keep rate); drawn from torch's generator, so
+    a checkpoint recompute, which restores its state, draws the same mask. Other devices: `F.dropout`."""
+
+    BITS = 1 << 15
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        drop = round(self.p * self.BITS)
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n].view(x.shape)
+        keep = ((words & (self.BITS - 1)) >= drop).to(x.dtype).mul_(self.BITS / (self.BITS - drop))
+        return x * keep
+
+
 def attach_lora(model: Any, lora_cfg: Mapping[str, Any], gradient_checkpointing: bool = False) -> Any:
-    """A peft model with only the LoRA weights trainable."""
+    """A peft model with only the LoRA weights trainable (its dropout: `BitsDropout`)."""
     from peft import LoraConfig, get_peft_model
 
     if gradient_checkpointing:
@@ -28,10 +49,15 @@ def attach_lora(model: Any, lora_cfg: Mapping[str, Any], gradient_checkpointing:
                         lora_dropout=float(lora_cfg["dropout"]),
                         target_modules=list(lora_cfg["target_modules"]), task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
+        peft_model = get_peft_model(model, config)
     except ValueError as err:
         raise AdapterError(f"LoRA target modules {list(lora_cfg['target_modules'])} do not match the model "
                            f"(train.lora.target_modules / model.lora_target_modules): {err}") from err
+    for module in peft_model.modules():
+        for name, drop in getattr(module, "lora_dropout", {}).items():
+            if type(drop) is torch.nn.Dropout and drop.p > 0:
+                module.lora_dropout[name] = BitsDropout(drop.p)
+    return peft_model
 
 
 def save_adapter(peft_model: Any, out_dir: Path, meta: Mapping[str, Any]) -> Path:

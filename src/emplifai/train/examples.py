@@ -15,6 +15,7 @@ from typing import Any
 
 from emplifai.core.errors import UserError
 from emplifai.data.taxonomy import Taxonomy
+from emplifai.lm.budget import cut_left
 from emplifai.lm.chat import ChatFormat
 
 IGNORE = -100
@@ -84,12 +85,11 @@ class SFTPrompt:
         return list(self.tokenizer(str(text), add_special_tokens=False)["input_ids"]) + [self.tokenizer.eos_token_id]
 
     def encode(self, row: Mapping[str, Any], max_length: int) -> Encoded:
-        """Prompt + target within max_length: the prompt is cut from the left (after its first token, the
-        BOS for plain models) and the target kept whole when it fits in half the budget, else cut at the end."""
+        """Prompt + target within max_length: the prompt is cut from the left after its first token (the BOS
+        for plain models; `emplifai.lm.budget`, as generation cuts it) and the target kept whole when it fits
+        in half the budget, else cut at the end."""
         prompt, target = self.prompt_ids(row), self.target_ids(row["supporter"])
         if len(prompt) + len(target) > max_length:
             target = target[: max(max_length // 2, max_length - len(prompt))]
-            keep = max_length - len(target)
-            if len(prompt) > keep:
-                prompt = prompt[:1] + prompt[len(prompt) - keep + 1:] if keep > 1 else prompt[:keep]
+            prompt = cut_left(prompt, max_length - len(target), keep_first=1)
         return Encoded(prompt + target, [IGNORE] * len(prompt) + target, len(prompt))
