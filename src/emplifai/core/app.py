@@ -69,8 +69,9 @@ def _mask_saved_config() -> None:
     saved.append(Path(hc.sweep.dir) / "multirun.yaml")
     for path in saved:
         text = path.read_text(encoding="utf-8") if path.is_file() else ""
-        if mask(text) != text:
-            write_text(path, mask(text))
+        masked = mask(text)
+        if masked != text:
+            write_text(path, masked)
 
 
 def _log_file_note() -> str:

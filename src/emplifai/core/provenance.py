@@ -44,10 +44,7 @@ def mask(text: Any) -> str:
     variables, credential-shaped text (`core.secrets.redact`: Bearer tokens, `sk-` keys, `user:pass@` in
     URLs, `?api_key=`, `password: …`) and a URL's bare `token@`, so a key inside a `base_url` never reaches
     MLflow."""
-    text = str(text)
-    for value in env_secrets():  # whole values only: a fragment of a long path-like value is no key
-        text = text.replace(value, "***")
-    return USERINFO.sub("***@", redact(text, None))
+    return USERINFO.sub("***@", redact(str(text), env_secrets(), fragments=False))
 
 
 def mask_overrides(overrides: Sequence[str]) -> list[str]:
@@ -101,7 +98,7 @@ def _git(*args: str) -> str:
 def git_info() -> dict[str, str]:
     """commit, branch, repo_url (any user:password@ stripped) and dirty ("true"/"false"), "" when unknown;
     asked once per process."""
-    url = re.sub(r"(?<=://)[^/@]+@", "", _git("config", "--get", "remote.origin.url"))
+    url = USERINFO.sub("", _git("config", "--get", "remote.origin.url"))
     status = _git("status", "--porcelain", "--untracked-files=no")
     commit = _git("rev-parse", "HEAD")
     return {"commit": commit, "branch": _git("rev-parse", "--abbrev-ref", "HEAD"), "repo_url": url,

@@ -33,12 +33,14 @@ CREDENTIALS = re.compile(
 FRAGMENT = 8  # a run of this many characters of a known secret is masked too (a server that clips its echo)
 
 
-def redact(text: str, secret: Secrets, marker: str = "***") -> str:
-    """`text` with each known secret, any FRAGMENT characters of one, and anything credential-shaped (its
-    value; `Bearer `, `//`, `password: ` stay) replaced by `marker`."""
+def redact(text: str, secret: Secrets, marker: str = "***", fragments: bool = True) -> str:
+    """`text` with each known secret, any FRAGMENT characters of one (`fragments`: a key the client sent; not
+    for environment values, where a long path-like value shares runs with ordinary text), and anything
+    credential-shaped (its value; `Bearer `, `//`, `password: ` stay) replaced by `marker`."""
     for one in [secret] if isinstance(secret, str) else list(secret or ()):
         if one:
-            text = _mask_fragments(text.replace(one, marker), one, marker)
+            text = text.replace(one, marker)
+            text = _mask_fragments(text, one, marker) if fragments else text
     return CREDENTIALS.sub(lambda m: next(g for g in m.groups() if g is not None) + marker, text)
 
 

@@ -37,9 +37,7 @@ def scrub(text: object, secrets: Iterable[str] = (), limit: int | None = None) -
     characters (after redaction, so a cut never leaves half a key). Non-text (NaN) is returned as is."""
     if not isinstance(text, str):
         return text
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    text = " ".join(redact(text, None, REDACTED).split())
+    text = " ".join(redact(text, list(secrets), REDACTED, fragments=False).split())
     return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
