@@ -44,6 +44,11 @@ def load_yaml(path: Path) -> object:
         raise TaxonomyError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
+def normalized(label: str) -> str:
+    """How labels are matched: NFKC, trimmed, lower case (`Joy`, `ｊｏｙ` and `joy` are one label)."""
+    return unicodedata.normalize("NFKC", label).strip().lower()
+
+
 @dataclass(frozen=True)
 class Emotion:
     key: str
@@ -69,8 +74,7 @@ class Taxonomy:
 
     def lookup(self, label: str) -> str | None:
         """A key or Japanese name (any case/width) → key; None if unknown."""
-        norm = unicodedata.normalize("NFKC", str(label)).strip().lower()
-        return self._index.get(norm)
+        return self._index.get(normalized(str(label)))
 
     @property
     def _by_key(self) -> dict[str, Emotion]:
@@ -81,7 +85,7 @@ class Taxonomy:
         index = {}
         for e in self.emotions:
             for name in (e.key, e.ja):
-                index[unicodedata.normalize("NFKC", name).strip().lower()] = e.key
+                index[normalized(name)] = e.key
         return index
 
     @classmethod
@@ -102,7 +106,7 @@ class Taxonomy:
         seen: dict[str, tuple[str, str]] = {}  # labels match after NFKC + lower case: `Joy` and `joy` are one
         for e in tax.emotions:
             for name in (e.key, e.ja):
-                owner, first = seen.setdefault(unicodedata.normalize("NFKC", name).strip().lower(), (e.key, name))
+                owner, first = seen.setdefault(normalized(name), (e.key, name))
                 if owner != e.key:
                     raise TaxonomyError(f"{source}: duplicate label {name!r} (emotion {e.key!r}) collides with "
                                         f"{first!r} (emotion {owner!r}): labels are matched case- and "
