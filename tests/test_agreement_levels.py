@@ -257,14 +257,16 @@ def test_report_leaves_out_judge_results_of_another_data_version(judged, tmp_pat
     name, reports = str(cfg.judge.name), tmp_path / "reports"
     judge(name, current)
     agreement.run(cfg)
-    shown = report.to_markdown(report.judge_section(cfg, reports) + report.agreement_blocks(cfg, reports), reports)
+    shown = report.to_markdown(report.judge_section(cfg, reports, current) + report.agreement_blocks(cfg, reports, current),
+                               reports)
     assert "left out" not in shown and f"judge: {name}" in shown and "| criterion" in shown
     judge(name, "content-ffffffffffffffffffffffffffff")  # the judge, and the agreement too, from other data
     file = read_metrics(reports / "judge" / "agreement.json")
     write_metrics(reports / "judge" / "agreement.json", file.metrics, file.missing,
                   file.tags | {"data_version": "content-ffffffffffffffffffffffffffff"})
-    judge_blocks, agreement_blocks = report.judge_section(cfg, reports), report.agreement_blocks(cfg, reports)
-    epoch_blocks = report.epoch_section(cfg, reports)
+    judge_blocks = report.judge_section(cfg, reports, current)
+    agreement_blocks = report.agreement_blocks(cfg, reports, current)
+    epoch_blocks = report.epoch_section(cfg, reports, current)
     assert [k for k, _ in judge_blocks] == ["p"] and [k for k, _ in agreement_blocks] == ["p"]  # a note, no table
     assert not [t for k, t in epoch_blocks if k == "h3" and t.startswith("judge ")]              # no judge scores
     notes = [t for k, t in judge_blocks + agreement_blocks + epoch_blocks if k == "p" and "left out" in t]

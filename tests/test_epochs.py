@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, compose_cfg
+from emplifai.core import tracking
 from emplifai.core.metrics_file import read_metrics, write_metrics
 from emplifai.report import __main__ as report
 from emplifai.report.epochs import system_epoch
@@ -65,7 +66,8 @@ def synthetic(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
 
 def test_epoch_section_tables_cis_and_missing(synthetic, make_cfg):
     tmp_path, scores = synthetic
-    blocks = report.epoch_section(make_cfg(), tmp_path / "reports")
+    cfg = make_cfg()
+    blocks = report.epoch_section(cfg, tmp_path / "reports", tracking.data_version(cfg.data.raw_dir))
     tables = [v for k, v in blocks if k == "table"]
     loss = tables[0].set_index("run")
     assert loss.loc["epochs=3", ["epoch_1", "epoch_2", "epoch_3"]].tolist() == ["2.0000", "1.8000", "1.7000"]
@@ -91,7 +93,7 @@ def test_epoch_section_tables_cis_and_missing(synthetic, make_cfg):
     gone = judge[judge["value"].isna()]
     assert len(gone) == 1 and gone.iloc[0]["series"] == SYSTEMS[3] and gone.iloc[0]["n"] == 0
     assert "NaN" in gone.iloc[0]["reason"]
-    again = report.epoch_section(make_cfg(), tmp_path / "reports")  # seeded: the same CIs again
+    again = report.epoch_section(cfg, tmp_path / "reports", tracking.data_version(cfg.data.raw_dir))  # seeded: the same CIs again
     assert again[3][1].equals(blocks[3][1])
 
 
@@ -106,8 +108,9 @@ def test_report_page_has_the_epoch_section(synthetic, make_cfg):
 @pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "models/base/smollm2-135m/config.json").exists()
                     or not (ROOT / "artifacts/prepare/train.parquet").exists(), reason="run `make fixtures` first")
-def test_train_writes_val_loss_per_epoch(tmp_path):
-    """A real 2-epoch LoRA run (SmolLM2, 2 examples): metrics.json holds train/epochs and one loss per epoch."""
+def test_train_writes_val_loss_per_epoch_and_its_loss_curves_as_data(tmp_path):
+    """A real 2-epoch LoRA run (SmolLM2, 2 examples, 2 steps per epoch): metrics.json holds train/epochs and
+    one loss per epoch, and the curves written as plot data are the run's losses."""
     from emplifai.train import __main__ as train
 
     for link in ("models/base", "artifacts/prepare"):  # the real weights and the sample's splits
@@ -118,7 +121,12 @@ def test_train_writes_val_loss_per_epoch(tmp_path):
         f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
         "model=smollm2-135m", "sft_prompt=patient_only", "threads=2", "train.epochs=2", "train.sample_n=2",
         "train.val_sample_n=1", "train.batch_size=1", "train.max_length=40", "train.run_name='epochs=2'"]))
-    saved = read_metrics(tmp_path / "reports" / "train" / "epochs=2" / "metrics.json").metrics
+    folder = tmp_path / "reports" / "train" / "epochs=2"
+    saved = read_metrics(folder / "metrics.json").metrics
     assert saved["train/epochs"] == 2 and metrics["train/steps"] == 4
     losses = [saved["train/val_loss_epoch_1"], saved["train/val_loss_epoch_2"]]
     assert all(math.isfinite(v) for v in losses) and min(losses) == pytest.approx(saved["train/best_val_loss"])
+    curve, val = pd.read_csv(folder / "train_loss.csv"), pd.read_csv(folder / "val_loss.csv")
+    assert curve["step"].tolist() == [0, 1, 2, 3] and curve["epoch"].tolist() == [0, 0.5, 1, 1.5]
+    assert curve["train_loss"].iloc[-1] == pytest.approx(saved["train/final_train_loss"], rel=1e-5)
+    assert val["epoch"].tolist() == [1, 2] and val["val_loss"].tolist() == pytest.approx(losses, rel=1e-5)

@@ -4,6 +4,7 @@ cut is counted and warned about."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -59,7 +60,7 @@ def test_budget_refuses_more_than_the_models_context_window(gemma):
         PromptBudget.of({"name": "gemma3-270m", "max_length": 40000}, model)
     for name in ("gemma3-270m", "smollm2-135m"):  # the shipped configs: exactly the window of their weights
         cfg = compose_cfg([f"model={name}"]).model
-        window = __import__("json").loads((ROOT / "models/base" / name / "config.json").read_text())
+        window = json.loads((ROOT / "models/base" / name / "config.json").read_text())
         assert cfg.max_length == window["max_position_embeddings"]
 
 

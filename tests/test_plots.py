@@ -21,9 +21,10 @@ from omegaconf import OmegaConf
 from conftest import ROOT, compose_cfg
 from emplifai.agreement import __main__ as agreement
 from emplifai.agreement.response_points import response_points
+from emplifai.core.paths import write_plot_data
 from emplifai.emotion import breakdown
 from emplifai.judge.rubric import Rubric
-from emplifai.judge.summary import means_table, summary, write_means, write_plot_data
+from emplifai.judge.summary import means_table, summary, write_means
 from emplifai.metrics import tables
 from emplifai.train.loss_curve import loss_tables, write_loss_tables
 from emplifai.train.runs import val_loss_per_epoch
@@ -164,32 +165,6 @@ def test_agreement_stage_writes_the_scatter_of_its_response_level_coefficient(ma
         exact["judge"].round(tie).corr(exact["human_mean"].round(tie), method="spearman"))
     agreement.run(cfg)
     assert path.read_bytes() == first                                          # a rerun writes the same bytes
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / "models/base/smollm2-135m/config.json").exists()
-                    or not (PREPARE / "train.parquet").exists(), reason="run `make fixtures` first")
-def test_train_writes_its_loss_curves_as_data(tmp_path):
-    """A real 2-epoch LoRA run (SmolLM2, 2 examples, 2 steps per epoch): the curves are the run's losses."""
-    from emplifai.core.metrics_file import read_metrics
-    from emplifai.train import __main__ as train
-
-    for link in ("models/base", "artifacts/prepare"):  # the real weights and the sample's splits
-        (tmp_path / link).parent.mkdir(exist_ok=True)
-        (tmp_path / link).symlink_to(ROOT / link)
-    train.run(compose_cfg([
-        f"paths.artifacts={tmp_path}/artifacts", f"paths.reports={tmp_path}/reports", f"paths.models={tmp_path}/models",
-        "mlflow.enabled=false", "model=smollm2-135m", "sft_prompt=patient_only", "threads=2", "train.epochs=2",
-        "train.sample_n=2", "train.val_sample_n=1", "train.batch_size=1", "train.max_length=40",
-        "train.run_name='epochs=2'"]))
-    folder = tmp_path / "reports" / "train" / "epochs=2"
-    saved = read_metrics(folder / "metrics.json").metrics
-    curve, val = pd.read_csv(folder / "train_loss.csv"), pd.read_csv(folder / "val_loss.csv")
-    assert curve["step"].tolist() == [0, 1, 2, 3] and curve["epoch"].tolist() == [0, 0.5, 1, 1.5]
-    assert curve["train_loss"].iloc[-1] == pytest.approx(saved["train/final_train_loss"], rel=1e-5)
-    assert val["epoch"].tolist() == [1, 2]
-    assert val["val_loss"].tolist() == pytest.approx([saved["train/val_loss_epoch_1"],
-                                                      saved["train/val_loss_epoch_2"]], rel=1e-5)
 
 
 # ---- dvc plots show on dvc.yaml -------------------------------------------------------------------------

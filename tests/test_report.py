@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, compose_cfg
+from emplifai.core import tracking
 from emplifai.core.metrics_file import read_metrics, write_metrics
 from emplifai.metrics.bootstrap import mean_ci
 from emplifai.report import __main__ as report
@@ -113,7 +114,7 @@ def test_a_number_changed_in_a_metrics_file_changes_the_page(outputs):
 def test_judge_section_cis_are_the_project_bootstrap_over_responses(outputs):
     """Judge means with metrics/bootstrap.py's seeded CI, each response resampled whole (was a t-interval)."""
     reports, cfg = outputs
-    blocks = report.judge_section(cfg, reports)
+    blocks = report.judge_section(cfg, reports, tracking.data_version(cfg.data.raw_dir))
     table = next(v for k, v in blocks if k == "table").set_index("criterion")
     scores = pd.read_parquet(SCORES)
     boot = cfg.agreement.bootstrap

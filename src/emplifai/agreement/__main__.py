@@ -39,8 +39,8 @@ from emplifai.core import tracking
 from emplifai.core.app import stage_main
 from emplifai.core.errors import UserError
 from emplifai.core.metrics_file import read_metrics, write_metrics
-from emplifai.core.paths import read_artifact, resolve, save_figure
-from emplifai.judge.summary import heatmap, write_csv, write_plot_data
+from emplifai.core.paths import read_artifact, resolve, save_figure, write_plot_data
+from emplifai.judge.summary import heatmap, write_csv
 from emplifai.metrics import alt_test, systems, tables
 
 matplotlib.use("Agg")
@@ -71,9 +71,9 @@ def check_data_version(cfg: DictConfig, name: str, current: str) -> None:
                         f"emplifai.judge judge.name={name} ...) before comparing it with these human ratings")
 
 
-def load_judges(cfg: DictConfig) -> dict[str, pd.DataFrame]:
+def load_judges(cfg: DictConfig, current: str) -> dict[str, pd.DataFrame]:
+    """The configured judges' scores, each checked to be of data version `current`."""
     root = resolve(cfg.paths.artifacts) / "judge"
-    current = tracking.data_version(cfg.data.raw_dir)
     judges = {}
     for name in judge_names(cfg):
         path = root / name / "scores.parquet"
@@ -141,7 +141,8 @@ def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
         run_.log_split(table, resolve(cfg.paths.artifacts) / "prepare" / f"{table}.parquet")
     ratings = read_artifact(resolve(cfg.paths.artifacts) / "prepare" / "human_ratings.parquet",
                          hint="agreement needs human ratings (human_ratings.* in data/)")
-    judges = load_judges(cfg)
+    version = tracking.data_version(cfg.data.raw_dir)
+    judges = load_judges(cfg, version)
     boot = OmegaConf.to_container(a.bootstrap, resolve=True)
     if int(boot["n_resamples"]) < 1000:
         log.warning(f"agreement: note: bootstrap.n_resamples={boot['n_resamples']} (< 1000: CIs are rough)")
@@ -195,8 +196,7 @@ def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
         log.info(f"agreement {name}: {merged['response_id'].nunique()} responses with a judge score and human "
                  f"ratings ({len(unscored)} rated (response, criterion) pairs without a judge score left out); "
                  f"spearman {levels}; system-level kendall {sys_metrics['kendall']:.3f}")
-    tags = {"judges": ",".join(judges), "primary_judge": primary,
-            "data_version": tracking.data_version(cfg.data.raw_dir)}
+    tags = {"judges": ",".join(judges), "primary_judge": primary, "data_version": version}
     files.append(write_metrics(resolve(cfg.paths.reports) / "judge" / "agreement.json", metrics, reasons,
                                tags | run_.file_tags()))
     run_.set_tags(tags)

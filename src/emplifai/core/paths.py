@@ -114,6 +114,14 @@ def write_text(target: str | os.PathLike, text: str) -> Path:
     return Path(target)
 
 
+def write_plot_data(frame: Any, target: str | os.PathLike) -> Path:
+    """A plot's data file (a pandas frame as CSV, 6 significant digits, `\\n` line ends): identical runs write
+    identical bytes, so `dvc plots diff` shows only real changes."""
+    with atomic_path(target) as tmp:
+        frame.to_csv(tmp, index=False, encoding="utf-8", float_format="%.6g", lineterminator="\n")
+    return Path(target)
+
+
 def save_figure(fig: Any, target: str | os.PathLike, dpi: int = 110) -> Path:
     """Lay out, write the PNG atomically, and close the figure (pyplot keeps every open figure alive)."""
     import matplotlib.pyplot as plt

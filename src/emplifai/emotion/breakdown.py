@@ -12,7 +12,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from emplifai.core.paths import atomic_path, save_figure
+from emplifai.core.paths import atomic_path, save_figure, write_plot_data
 from emplifai.data.taxonomy import Taxonomy
 from emplifai.metrics.bootstrap import mean_with_ci
 
@@ -86,9 +86,7 @@ def prediction_pairs(pred: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_pairs(pred: pd.DataFrame, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        prediction_pairs(pred).to_csv(tmp, index=False, encoding="utf-8", lineterminator="\n")
-    return path
+    return write_plot_data(prediction_pairs(pred), path)
 
 
 def write_reports(pred: pd.DataFrame, taxonomy: Taxonomy, name: str, out_dir: Path,

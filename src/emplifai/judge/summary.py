@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from emplifai.core.paths import atomic_path, save_figure
+from emplifai.core.paths import atomic_path, save_figure, write_plot_data
 from emplifai.metrics.coefficients import spearman
 
 matplotlib.use("Agg")
@@ -53,13 +53,6 @@ def means_table(summ: pd.DataFrame, criteria: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"criterion_system": (rows["criterion"] + " | " + rows["system"]).to_numpy(),
                          "criterion": rows["criterion"].to_numpy(), "system": rows["system"].to_numpy(),
                          "mean": rows["mean"].to_numpy(dtype=float), "n": rows["n"].to_numpy()})
-
-
-def write_plot_data(frame: pd.DataFrame, path: Path) -> Path:
-    """A plot's data file, 6 significant digits: identical runs write identical bytes."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, encoding="utf-8", float_format="%.6g", lineterminator="\n")
-    return path
 
 
 def write_means(summ: pd.DataFrame, criteria: list[str], path: Path) -> Path:

@@ -97,11 +97,10 @@ def folder_sections(base: Path, title: str, tables: tuple[str, ...], images: tup
     return blocks
 
 
-def other_data(cfg: DictConfig, path: Path, what: str) -> str | None:
+def other_data(cfg: DictConfig, path: Path, what: str, current: str) -> str | None:
     """Why `what` is left out of the page: its metrics file records another data version than the current
-    data's (None: the same, or none recorded — files written before stages recorded it)."""
+    data's, `current` (None: the same, or none recorded — files written before stages recorded it)."""
     recorded = read_metrics(path).tags.get("data_version")
-    current = tracking.data_version(cfg.data.raw_dir)
     if recorded is None or tracking.same_data(recorded, current):
         return None
     note = (f"{what} left out: {path.relative_to(resolve(cfg.paths.reports)).as_posix()} was computed on data "
@@ -110,13 +109,13 @@ def other_data(cfg: DictConfig, path: Path, what: str) -> str | None:
     return note
 
 
-def epoch_section(cfg: DictConfig, reports: Path) -> list[Block]:
+def epoch_section(cfg: DictConfig, reports: Path, version: str) -> list[Block]:
     """The study's 1–3 epoch design: val loss per epoch and judge score per epoch, base and human beside."""
     from emplifai.report import epochs
 
     boot = OmegaConf.to_container(cfg.agreement.bootstrap, resolve=True)
     judge = str(cfg.judge.name)
-    note = other_data(cfg, reports / "judge" / judge / "metrics.json", f"judge {judge}'s scores")
+    note = other_data(cfg, reports / "judge" / judge / "metrics.json", f"judge {judge}'s scores", version)
     blocks = epochs.section(resolve(cfg.paths.artifacts), reports, boot, sweep_run_names(cfg), [] if note else [judge])
     return blocks + ([("p", note)] if note else [])
 
@@ -196,9 +195,9 @@ def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
         ("h2", "SFT adapters"), *folder_sections(reports / "train", "adapter", (), ("loss.png",),
                                                  sweep_run_names(cfg)),
         ("h2", "Generated responses"), *folder_sections(reports / "generate", "generate", (), (), group="system"),
-        ("h2", "LLM-as-a-judge"), *judge_section(cfg, reports),
-        ("h2", "Epoch comparison"), *epoch_section(cfg, reports),
-        ("h2", "Judge–human agreement"), *agreement_blocks(cfg, reports),
+        ("h2", "LLM-as-a-judge"), *judge_section(cfg, reports, version),
+        ("h2", "Epoch comparison"), *epoch_section(cfg, reports, version),
+        ("h2", "Judge–human agreement"), *agreement_blocks(cfg, reports, version),
         ("h2", "MLflow runs behind these numbers"), *runs_section(cfg, reports),
     ]
     write_text(reports / "summary.md", to_markdown(blocks, reports))
@@ -211,18 +210,18 @@ def work(cfg: DictConfig, run_: tracking.StageRun) -> dict:
     return {"report/sections": float(sum(1 for k, _ in blocks if k == "h2"))}
 
 
-def agreement_blocks(cfg: DictConfig, reports: Path) -> list[Block]:
-    note = other_data(cfg, reports / "judge" / "agreement.json", "the judge–human agreement")
+def agreement_blocks(cfg: DictConfig, reports: Path, version: str) -> list[Block]:
+    note = other_data(cfg, reports / "judge" / "agreement.json", "the judge–human agreement", version)
     return [("p", note)] if note else agreement_section(reports)
 
 
-def judge_section(cfg: DictConfig, reports: Path) -> list[Block]:
+def judge_section(cfg: DictConfig, reports: Path, version: str) -> list[Block]:
     """The configured judge: criterion × system mean with the project's bootstrap 95% CI (responses resampled,
     `agreement.bootstrap`, as in the epoch comparison and the agreement), then length bias."""
     from emplifai.report import epochs
 
     judge, folder = str(cfg.judge.name), reports / "judge" / str(cfg.judge.name)
-    note = other_data(cfg, folder / "metrics.json", f"judge {judge}'s results")
+    note = other_data(cfg, folder / "metrics.json", f"judge {judge}'s results", version)
     if note:
         return [("p", note)]
     scores = epochs.read_scores(resolve(cfg.paths.artifacts), judge)

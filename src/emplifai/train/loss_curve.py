@@ -11,14 +11,14 @@ and `dvc plots diff` two versions of each.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from emplifai.core.paths import atomic_path
+from emplifai.core.paths import write_plot_data
+from emplifai.train.runs import steps_per_epoch
 
 SERIES = {"train_loss": "train/loss", "val_loss": "val/loss"}  # file stem / column -> SFTModule.history key
 
@@ -27,8 +27,8 @@ def loss_tables(history: Mapping[str, Sequence[tuple[int, float]]], n_batches: i
                 ) -> dict[str, pd.DataFrame]:
     """SFTModule.history ({"train/loss": [(step, loss)], "val/loss": [...]}) → {"train_loss": step, epoch,
     train_loss; "val_loss": step, epoch, val_loss}, by step. Steps per epoch as runs.val_loss_per_epoch counts
-    them: ceil(batches / accumulated batches)."""
-    per_epoch = max(1, math.ceil(int(n_batches) / max(1, int(accumulate))))
+    them (`runs.steps_per_epoch`)."""
+    per_epoch = steps_per_epoch(n_batches, accumulate)
     tables = {}
     for column, key in SERIES.items():
         points = pd.DataFrame(list(history.get(key, [])), columns=["step", column], dtype=float)
@@ -41,9 +41,5 @@ def loss_tables(history: Mapping[str, Sequence[tuple[int, float]]], n_batches: i
 def write_loss_tables(history: Mapping[str, Sequence[tuple[int, float]]], n_batches: int, accumulate: Any,
                       folder: Path) -> list[Path]:
     """<folder>/train_loss.csv and val_loss.csv, 6 significant digits: identical runs write identical bytes."""
-    paths = []
-    for name, table in loss_tables(history, n_batches, accumulate).items():
-        with atomic_path(folder / f"{name}.csv") as tmp:
-            table.to_csv(tmp, index=False, encoding="utf-8", float_format="%.6g", lineterminator="\n")
-        paths.append(folder / f"{name}.csv")
-    return paths
+    return [write_plot_data(table, folder / f"{name}.csv")
+            for name, table in loss_tables(history, n_batches, accumulate).items()]

@@ -54,8 +54,13 @@ def sweep_run_names(cfg: DictConfig) -> list[str]:
 VAL_LOSS_KEY = "train/val_loss_epoch_"  # train's metrics.json: one key per epoch, read by the report
 
 
+def steps_per_epoch(n_batches: Any, accumulate: Any = 1) -> int:
+    """Optimizer steps in an epoch of `n_batches` batches: ceil(n_batches / accumulated batches), at least 1."""
+    return max(1, math.ceil(int(n_batches) / max(1, int(accumulate))))
+
+
 def val_loss_per_epoch(history: Sequence[tuple[int, float]], n_batches: int, accumulate: Any = 1) -> dict[str, float]:
     """{"train/val_loss_epoch_<k>": loss}. Validation runs at optimizer step s; epoch k ends at step
-    k·ceil(n_batches/accumulate), so s belongs to epoch ceil(s/steps_per_epoch); the last one of an epoch wins."""
-    per_epoch = max(1, math.ceil(int(n_batches) / max(1, int(accumulate))))
+    k·steps_per_epoch, so s belongs to epoch ceil(s/steps_per_epoch); the last one of an epoch wins."""
+    per_epoch = steps_per_epoch(n_batches, accumulate)
     return {f"{VAL_LOSS_KEY}{max(1, math.ceil(step / per_epoch))}": float(value) for step, value in history}
